@@ -1,0 +1,1 @@
+"""Flax NNX transformer modules loadable from real weights (Llama family, BERT)."""
