@@ -1,0 +1,42 @@
+"""Label encoding and class-column growth shared by statistics and recursive states."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+from analytic.dtypes import resolve_dtype
+from analytic.gram import GramStats
+from analytic.rls import RLSState
+from analytic.validation import check_labels
+
+__all__ = ["one_hot", "expand_classes"]
+
+S = TypeVar("S", GramStats, RLSState)
+
+
+def one_hot(labels: Any, classes: int, dtype: Any = None) -> jax.Array:
+    """``(n,)`` class ids -> ``(n, classes)`` one-hot targets; ids must lie in ``[0, classes)``."""
+    if int(classes) <= 0:
+        raise ValueError(f"classes must be > 0, got {classes}")
+    ids = check_labels(labels, name="labels", classes=int(classes))
+    return jax.nn.one_hot(jnp.asarray(ids), int(classes), dtype=resolve_dtype(dtype))
+
+
+def expand_classes(state: S, classes: int) -> S:
+    """Zero-pad the class columns of ``GramStats.xty`` or ``RLSState.weight`` to ``classes``.
+
+    Padding is exact: a class with no rows yet has a zero column in ``XᵀY`` and hence in ``W`` (METHODS.md,
+    section 1, ``W̃``). Shrinking is refused.
+    """
+    if isinstance(state, GramStats):
+        field, current = "xty", state.xty
+    elif isinstance(state, RLSState):
+        field, current = "weight", state.weight
+    else:
+        raise TypeError(f"expand_classes takes GramStats or RLSState, got {type(state).__name__}")
+    if classes < current.shape[1]:
+        raise ValueError(f"expand_classes cannot shrink {current.shape[1]} class columns to {classes}")
+    return state._replace(**{field: jnp.pad(current, ((0, 0), (0, classes - current.shape[1])))})

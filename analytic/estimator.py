@@ -1,0 +1,139 @@
+"""``AnalyticLinear``: a scikit-learn-style ridge classifier over the functional core.
+
+The convenience layer of DESIGN.md: it holds a state pytree (``GramStats`` or ``RLSState``) and calls the core.
+``partial_fit`` on any split of the data gives the same ``coef_`` as ``fit`` on all of it (the joint ridge
+solution, METHODS.md section 1) -- the property every analytic learner is built on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic.buffers import GaussianKernelBuffer, RandomBuffer
+from analytic.checkpoint import load_state, save_state
+from analytic.classes import expand_classes
+from analytic.gram import GramStats, gram_init, gram_solve, gram_update
+from analytic.rls import RLSState, rls_init, rls_predict, rls_update
+from analytic.validation import check_features, check_gamma, check_labels
+
+__all__ = ["AnalyticLinear"]
+
+Buffer = RandomBuffer | GaussianKernelBuffer
+
+
+class AnalyticLinear:
+    """Closed-form ridge classifier with optional fixed feature buffer.
+
+    Args:
+      gamma: ridge strength γ > 0.
+      buffer: optional fixed feature map applied before the head (e.g. ``RandomBuffer(d, 2048)``).
+      solver: ``"gram"`` accumulates ``(XᵀX, XᵀY)`` and solves at read-out (cheapest when predictions are rare);
+        ``"rls"`` keeps ``W`` current after every batch by Woodbury (online use). Both give the same ``coef_``.
+      dtype: accumulator dtype (default: float64 with x64 enabled, else float32).
+      classes: declare the number of classes up front; labels ≥ it are then refused instead of growing the head.
+
+    Attributes (after fitting): ``coef_`` ``(d_features, c)``, ``n_classes_``, ``n_features_in_``, ``state_``.
+    """
+
+    def __init__(self, gamma: float = 1.0, buffer: Buffer | None = None, solver: str = "gram", dtype: Any = None,
+                 classes: int | None = None) -> None:
+        self.gamma = check_gamma(gamma)
+        if solver not in ("gram", "rls"):
+            raise ValueError(f"solver must be 'gram' or 'rls', got {solver!r}")
+        if classes is not None and int(classes) <= 0:
+            raise ValueError(f"classes must be > 0, got {classes}")
+        self.buffer, self.solver, self.dtype, self.classes = buffer, solver, dtype, classes
+        self.state_: GramStats | RLSState | None = None
+        self._coef: jax.Array | None = None
+
+    # -- fitting -------------------------------------------------------------------------------------------------
+    def _features(self, x: Any) -> jax.Array:
+        dim = self.buffer.in_dim if isinstance(self.buffer, RandomBuffer) else (
+            self.buffer.centers.shape[1] if self.buffer is not None else None)
+        if self.state_ is not None and self.buffer is None:
+            dim = self.state_.dim
+        x = check_features(x, dim=dim)
+        return self.buffer(x) if self.buffer is not None else x
+
+    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> AnalyticLinear:
+        """Add a batch ``x: (n, d)`` with class ids ``y: (n,)`` (or dense targets ``(n, c)``).
+
+        ``classes`` (optional, sklearn's convention) declares the total class count on the first call. A call that
+        raises leaves the estimator exactly as it was.
+        """
+        declared = self.classes if classes is None else int(classes)
+        feats = self._features(x)
+        if np.ndim(y) == 1:
+            check_labels(y, classes=declared, n=feats.shape[0])
+        state = self.state_
+        if state is None:
+            dim = feats.shape[1]
+            state = (gram_init(dim, declared or 0, self.dtype) if self.solver == "gram"
+                     else rls_init(dim, declared or 0, self.gamma, self.dtype))
+        elif declared is not None and declared > state.classes:
+            state = expand_classes(state, declared)
+        state = gram_update(state, feats, y) if self.solver == "gram" else rls_update(state, feats, y)
+        self.state_, self.classes, self._coef = state, declared, None
+        return self
+
+    def fit(self, x: Any, y: Any, classes: int | None = None) -> AnalyticLinear:
+        """Forget everything, then ``partial_fit(x, y)``; on error the previous fit is kept."""
+        previous = self.state_, self.classes, self._coef
+        self.state_, self._coef = None, None
+        try:
+            return self.partial_fit(x, y, classes)
+        except Exception:
+            self.state_, self.classes, self._coef = previous
+            raise
+
+    # -- read-out ------------------------------------------------------------------------------------------------
+    @property
+    def coef_(self) -> jax.Array:
+        if self.state_ is None:
+            raise RuntimeError("AnalyticLinear is not fitted yet; call fit or partial_fit first")
+        if self._coef is None:
+            self._coef = (gram_solve(self.state_, self.gamma) if isinstance(self.state_, GramStats)
+                          else self.state_.weight)
+        return self._coef
+
+    @property
+    def n_classes_(self) -> int:
+        return self.coef_.shape[1]
+
+    @property
+    def n_features_in_(self) -> int:
+        return self.buffer.in_dim if isinstance(self.buffer, RandomBuffer) else self.state_.dim
+
+    def decision_function(self, x: Any) -> jax.Array:
+        """Logits ``φ(x) W``: ``(n, c)``."""
+        w = self.coef_
+        return rls_predict(RLSState(w, jnp.zeros((0, 0), w.dtype)), self._features(x))
+
+    def predict(self, x: Any) -> np.ndarray:
+        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
+
+    def score(self, x: Any, y: Any) -> float:
+        """Mean accuracy on ``(x, y)``."""
+        labels = check_labels(y, n=np.shape(x)[0])
+        return float(np.mean(self.predict(x) == labels))
+
+    # -- persistence ---------------------------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        if self.state_ is None:
+            raise RuntimeError("nothing to save: the estimator is not fitted")
+        meta = {"estimator": "AnalyticLinear", "gamma": self.gamma, "solver": self.solver, "classes": self.classes}
+        return save_state(path, {"state": self.state_, "buffer": self.buffer}, meta, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnalyticLinear:
+        tree, meta = load_state(path)
+        if meta.get("estimator") != "AnalyticLinear":
+            raise ValueError(f"{path} holds a {meta.get('estimator')!r} checkpoint, not AnalyticLinear")
+        est = cls(meta["gamma"], tree["buffer"], meta["solver"], tree["state"][0].dtype, meta["classes"])
+        est.state_ = tree["state"]
+        return est

@@ -1,0 +1,111 @@
+"""Additive ridge statistics: the ``GramStats`` monoid.
+
+A ridge solution ``W = (XᵀX + γI)⁻¹ XᵀY`` depends on the data only through ``(XᵀX, XᵀY, n)``, which add over any
+split of the rows -- batches, phases, clients or devices (METHODS.md, section 1; AFL's absolute aggregation law
+is this sum, Zhuang et al. 2024, eq. 9). ``gram_merge`` is the monoid operation (associative, commutative,
+identity ``gram_init``); ``gram_solve`` reads the solution out with one SPD solve.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic.validation import as_targets, check_features
+
+__all__ = ["GramStats", "gram_init", "gram_update", "gram_merge", "gram_solve", "gram_accumulate"]
+
+
+class GramStats(NamedTuple):
+    """Sufficient statistics of a ridge problem.
+
+    Attributes:
+      xtx: ``(d, d)`` symmetric ``XᵀX``.
+      xty: ``(d, c)`` ``XᵀY`` (``c`` grows as classes appear).
+      count: scalar integer, rows seen.
+    """
+
+    xtx: jax.Array
+    xty: jax.Array
+    count: jax.Array
+
+    @property
+    def dim(self) -> int:
+        return self.xtx.shape[0]
+
+    @property
+    def classes(self) -> int:
+        return self.xty.shape[1]
+
+
+def gram_init(dim: int, classes: int = 0, dtype: Any = None) -> GramStats:
+    """Empty statistics for ``dim`` features and ``classes`` target columns (the monoid identity)."""
+    if int(dim) <= 0 or int(classes) < 0:
+        raise ValueError(f"gram_init needs dim > 0 and classes >= 0, got dim={dim}, classes={classes}")
+    dt = resolve_dtype(dtype)
+    return GramStats(jnp.zeros((dim, dim), dt), jnp.zeros((dim, classes), dt), jnp.zeros((), jnp.int32))
+
+
+@partial(jax.jit, static_argnames=("compute_dtype",))
+def gram_accumulate(
+    stats: GramStats, x: jax.Array, y: jax.Array, rows: Any = None, compute_dtype: Any = None
+) -> GramStats:
+    """Pure, jittable update ``(XᵀX + xᵀx, XᵀY + xᵀy, n + rows)``; no validation, ``y`` already ``(n, c)``.
+
+    ``compute_dtype`` (default: the accumulator's) is the dtype of the block product; a float32 block added into
+    float64 accumulators is the fast CPU path (DESIGN.md, Conventions/Speed). ``rows`` is the number of real
+    rows when ``x`` carries zero padding (default: all of them).
+    """
+    acc = stats.xtx.dtype
+    cd = acc if compute_dtype is None else compute_dtype
+    xc, yc = x.astype(cd), y.astype(cd)
+    xtx = jnp.matmul(xc.T, xc, precision=HIGHEST, preferred_element_type=cd).astype(acc)
+    xty = jnp.matmul(xc.T, yc, precision=HIGHEST, preferred_element_type=cd).astype(acc)
+    # Symmetrize the block, not the sum: keeps XᵀX exactly symmetric whatever the matmul's summation order.
+    xtx = 0.5 * (xtx + xtx.T)
+    n = x.shape[0] if rows is None else rows
+    return GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
+
+
+def gram_update(stats: GramStats, x: Any, y: Any, compute_dtype: Any = None) -> GramStats:
+    """Add a batch to the statistics: ``x: (n, d)``; ``y``: class ids ``(n,)`` or targets ``(n, c')``.
+
+    Integer labels beyond the current width grow the class columns (zero-padded, exact). The batch is validated
+    first (see :mod:`analytic.validation`), so an error leaves ``stats`` as it was; it is then zero-padded to a
+    :func:`~analytic.dtypes.row_bucket` size so a short last batch does not compile a new program per size.
+    """
+    x = check_features(x, dim=stats.dim)
+    t, width = as_targets(y, x.shape[0], stats.classes, stats.xty.dtype)
+    if width > stats.classes:
+        stats = stats._replace(xty=jnp.pad(stats.xty, ((0, 0), (0, width - stats.classes))))
+    n, padded = x.shape[0], row_bucket(x.shape[0])
+    cd = None if compute_dtype is None else resolve_dtype(compute_dtype)
+    return gram_accumulate(stats, pad_rows(x, padded), pad_rows(t, padded), jnp.int32(n), cd)
+
+
+@jax.jit
+def _merge_same(a: GramStats, b: GramStats) -> GramStats:
+    return GramStats(a.xtx + b.xtx, a.xty + b.xty, a.count + b.count)
+
+
+def gram_merge(a: GramStats, b: GramStats) -> GramStats:
+    """``a ⊕ b``: statistics of the union of both row sets (class columns padded to the wider one)."""
+    if a.dim != b.dim:
+        raise ValueError(f"gram_merge: feature dims differ ({a.dim} vs {b.dim})")
+    if a.xtx.dtype != b.xtx.dtype:
+        raise TypeError(f"gram_merge: dtypes differ ({a.xtx.dtype} vs {b.xtx.dtype}); cast one explicitly")
+    c = max(a.classes, b.classes)
+    a = a._replace(xty=jnp.pad(a.xty, ((0, 0), (0, c - a.classes))))
+    b = b._replace(xty=jnp.pad(b.xty, ((0, 0), (0, c - b.classes))))
+    return _merge_same(a, b)
+
+
+def gram_solve(stats: GramStats, gamma: float, **kwargs: Any) -> jax.Array:
+    """Ridge weights ``W = (XᵀX + γI)⁻¹ XᵀY`` from the statistics: ``(d, c)``. See :func:`analytic.ridge_solve`."""
+    from analytic.solve import ridge_solve
+
+    return ridge_solve(stats.xtx, stats.xty, gamma, **kwargs)

@@ -1,0 +1,96 @@
+"""Recursive least squares by the Woodbury identity, with class-column growth.
+
+ACIL's recursive update (Zhuang et al., NeurIPS 2022, eqs. 10-11; METHODS.md section 1): with ``R₀ = I/γ`` and
+``W₀ = 0``, for each batch ``X_k: (b, d)``, ``Y_k: (b, c)``::
+
+    K   = I_b + X_k R Xᵀ_k                    (b×b, SPD)
+    R'  = R − R Xᵀ_k K⁻¹ X_k R
+    W'  = W̃ + R' Xᵀ_k (Y_k − X_k W̃)          W̃ = W zero-padded with columns for new classes
+
+Because ``R' Xᵀ_k = R Xᵀ_k K⁻¹`` the weight step reuses the factor of ``K``; the whole update costs
+``2 d² b + O(d b² + b³)`` flops and never inverts a ``d×d`` matrix. After any sequence of batches ``W`` equals the
+joint ridge solution on all rows seen and ``R = (XᵀX + γI)⁻¹`` -- the "absolute memorization" property.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic.validation import as_targets, check_features, check_gamma
+
+__all__ = ["RLSState", "rls_init", "rls_update", "rls_step", "rls_predict"]
+
+
+class RLSState(NamedTuple):
+    """State of the recursion.
+
+    Attributes:
+      weight: ``(d, c)`` current ridge weights ``W``.
+      inv_autocorr: ``(d, d)`` ``R = (XᵀX + γI)⁻¹`` over the rows seen.
+    """
+
+    weight: jax.Array
+    inv_autocorr: jax.Array
+
+    @property
+    def dim(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def classes(self) -> int:
+        return self.weight.shape[1]
+
+
+def rls_init(dim: int, classes: int = 0, gamma: float = 1.0, dtype: Any = None) -> RLSState:
+    """``W₀ = 0: (dim, classes)``, ``R₀ = I/γ``."""
+    gamma = check_gamma(gamma)
+    if int(dim) <= 0 or int(classes) < 0:
+        raise ValueError(f"rls_init needs dim > 0 and classes >= 0, got dim={dim}, classes={classes}")
+    dt = resolve_dtype(dtype)
+    return RLSState(jnp.zeros((dim, classes), dt), jnp.eye(dim, dtype=dt) / jnp.asarray(gamma, dt))
+
+
+@jax.jit
+def rls_step(state: RLSState, x: jax.Array, y: jax.Array) -> RLSState:
+    """Pure, jittable Woodbury step; ``x: (b, d)``, ``y: (b, c)`` already of the state's width and dtype.
+
+    Zero rows (padding) leave the state unchanged exactly: they add identity rows/columns to ``K``.
+    """
+    w, r = state
+    x = x.astype(r.dtype)
+    y = y.astype(r.dtype)
+    rxt = jnp.matmul(r, x.T, precision=HIGHEST)                       # R Xᵀ        (d, b)
+    k = jnp.eye(x.shape[0], dtype=r.dtype) + jnp.matmul(x, rxt, precision=HIGHEST)
+    chol = jnp.linalg.cholesky(0.5 * (k + k.T))
+    gain = jax.scipy.linalg.cho_solve((chol, True), rxt.T).T          # R Xᵀ K⁻¹ = R' Xᵀ   (d, b)
+    r_new = r - jnp.matmul(gain, rxt.T, precision=HIGHEST)
+    # Keep R exactly symmetric: rounding would otherwise accumulate an antisymmetric part over long streams.
+    r_new = 0.5 * (r_new + r_new.T)
+    residual = y - jnp.matmul(x, w, precision=HIGHEST)
+    w_new = w + jnp.matmul(gain, residual, precision=HIGHEST)
+    return RLSState(w_new, r_new)
+
+
+def rls_update(state: RLSState, x: Any, y: Any) -> RLSState:
+    """One recursive step on ``x: (b, d)`` with class ids ``(b,)`` or targets ``(b, c')``.
+
+    New classes (ids ≥ the current width, or wider targets) zero-pad ``W`` first (``W̃`` above). Input is
+    validated before any work, so an error leaves ``state`` usable and unchanged; rows are zero-padded to a
+    :func:`~analytic.dtypes.row_bucket` size (exact) to bound recompilation.
+    """
+    x = check_features(x, dim=state.dim)
+    t, width = as_targets(y, x.shape[0], state.classes, state.weight.dtype)
+    if width > state.classes:
+        state = state._replace(weight=jnp.pad(state.weight, ((0, 0), (0, width - state.classes))))
+    rows = row_bucket(x.shape[0])
+    return rls_step(state, pad_rows(x, rows), pad_rows(t, rows))
+
+
+@jax.jit
+def rls_predict(state: RLSState, x: jax.Array) -> jax.Array:
+    """Logits ``x W``: ``(n, c)``."""
+    return jnp.matmul(x.astype(state.weight.dtype), state.weight, precision=HIGHEST)

@@ -1,0 +1,138 @@
+"""Ridge solves: ``W = (A + γI)⁻¹ B`` for symmetric positive semi-definite ``A``.
+
+The primal system of ridge regression, ``(XᵀX + γI) W = XᵀY`` (METHODS.md, section 1), is symmetric positive
+definite for γ > 0, so it is factorized once by Cholesky (``d³/3`` flops) and every right-hand side reuses the
+factor -- ``scipy.linalg.cho_solve(cho_factor(A + γI), B)`` is the SciPy equivalent.
+
+**Fallback.** In floating point a badly conditioned Gram (or one built by subtraction, as regularization removal
+does) can lose definiteness, and Cholesky then produces NaN. ``ridge_solve`` detects that on the host and
+re-solves with ``eigh``: eigenvalues of ``A + γI`` below ``eps·λ_max·d`` are clipped to that floor, i.e. the
+answer is the ridge solution of the nearest well-posed SPD system. Both that fallback and a merely
+ill-conditioned factor (pivot-ratio estimate ``κ̂ = (max Lᵢᵢ / min Lᵢᵢ)²`` above ``warn_cond``) raise a
+:class:`RidgeSolveWarning`, never silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic.dtypes import HIGHEST
+from analytic.validation import as_targets, check_features, check_gamma
+
+__all__ = ["RidgeSolveWarning", "ridge_solve", "ridge_fit", "cholesky_ridge_solve", "eigh_ridge_solve"]
+
+#: default κ̂ above which a solve warns, by dtype: about half the significant digits are at risk beyond it.
+WARN_COND = {np.dtype(np.float64): 1e10, np.dtype(np.float32): 1e5}
+
+
+class RidgeSolveWarning(RuntimeWarning):
+    """The ridge system was ill-conditioned or not numerically positive definite."""
+
+
+@jax.jit
+def cholesky_ridge_solve(a: jax.Array, b: jax.Array, gamma: Any) -> tuple[jax.Array, jax.Array]:
+    """Pure, jittable ``(A + γI)⁻¹ B`` by Cholesky; returns ``(W, κ̂)`` (κ̂ is NaN when the factorization failed)."""
+    d = a.shape[0]
+    m = 0.5 * (a + a.T) + jnp.asarray(gamma, a.dtype) * jnp.eye(d, dtype=a.dtype)
+    chol = jnp.linalg.cholesky(m)
+    w = jax.scipy.linalg.cho_solve((chol, True), b)
+    diag = jnp.abs(jnp.diagonal(chol))
+    kappa = (jnp.max(diag) / jnp.min(diag)) ** 2
+    ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(w))
+    return w, jnp.where(ok, kappa, jnp.nan)
+
+
+@jax.jit
+def eigh_ridge_solve(a: jax.Array, b: jax.Array, gamma: Any) -> jax.Array:
+    """Pure ``(A + γI)⁻¹ B`` through ``eigh`` with eigenvalues clipped at ``eps·λ_max·d`` (the documented fallback)."""
+    d = a.shape[0]
+    m = 0.5 * (a + a.T) + jnp.asarray(gamma, a.dtype) * jnp.eye(d, dtype=a.dtype)
+    lam, u = jnp.linalg.eigh(m)
+    floor = jnp.finfo(a.dtype).eps * d * jnp.maximum(jnp.max(jnp.abs(lam)), jnp.finfo(a.dtype).tiny)
+    lam = jnp.maximum(lam, floor)
+    return u @ ((u.T @ b) / lam[:, None])
+
+
+def ridge_solve(
+    xtx: Any, xty: Any, gamma: float, *, warn_cond: float | None = None, check: bool = True
+) -> jax.Array:
+    """Solve ``(XᵀX + γI) W = XᵀY``.
+
+    Args:
+      xtx: ``(d, d)`` symmetric positive semi-definite matrix (a Gram).
+      xty: ``(d, c)`` (or ``(d,)``) right-hand side.
+      gamma: ridge strength, > 0.
+      warn_cond: κ̂ above which to warn (default by dtype, :data:`WARN_COND`).
+      check: validate inputs and run the fallback logic on the host (set ``False`` inside your own ``jit``; then
+        the pure :func:`cholesky_ridge_solve` result is returned with no fallback).
+
+    Returns:
+      ``W``: same shape as ``xty``.
+    """
+    if not check:
+        return cholesky_ridge_solve(xtx, xty, gamma)[0]
+    gamma = check_gamma(gamma)
+    xtx = jnp.asarray(xtx)
+    xty = jnp.asarray(xty)
+    if xtx.ndim != 2 or xtx.shape[0] != xtx.shape[1]:
+        raise ValueError(f"xtx must be a square (d, d) matrix, got shape {tuple(xtx.shape)}")
+    if xty.ndim not in (1, 2) or xty.shape[0] != xtx.shape[0]:
+        raise ValueError(f"xty must be (d,) or (d, c) with d = {xtx.shape[0]}, got shape {tuple(xty.shape)}")
+    if not jnp.issubdtype(xtx.dtype, jnp.floating) or not jnp.issubdtype(xty.dtype, jnp.floating):
+        raise TypeError(f"xtx and xty must be floating, got {xtx.dtype} and {xty.dtype}")
+    if xty.dtype != xtx.dtype:
+        xty = xty.astype(xtx.dtype)
+    if not (bool(jnp.isfinite(xtx).all()) and bool(jnp.isfinite(xty).all())):
+        raise ValueError("xtx/xty contain NaN or inf; the statistics are corrupt")
+    w, kappa = cholesky_ridge_solve(xtx, xty, gamma)
+    kappa = float(kappa)
+    if not np.isfinite(kappa):
+        warnings.warn(
+            f"ridge_solve: Cholesky of XᵀX + γI (d={xtx.shape[0]}, γ={gamma:g}, {xtx.dtype}) failed -- the system is"
+            " not numerically positive definite; fell back to eigh with eigenvalues clipped at eps·λmax·d",
+            RidgeSolveWarning, stacklevel=2,
+        )
+        return eigh_ridge_solve(xtx, xty, gamma)
+    limit = WARN_COND.get(np.dtype(xtx.dtype), 1e5) if warn_cond is None else warn_cond
+    if kappa > limit:
+        warnings.warn(
+            f"ridge_solve: XᵀX + γI is ill-conditioned (pivot-ratio estimate κ̂ ≈ {kappa:.2e} > {limit:.0e},"
+            f" {xtx.dtype}); the solution may have lost accuracy -- raise γ or use float64",
+            RidgeSolveWarning, stacklevel=2,
+        )
+    return w
+
+
+@jax.jit
+def _primal_stats(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.matmul(x.T, x, precision=HIGHEST), jnp.matmul(x.T, y, precision=HIGHEST)
+
+
+@jax.jit
+def _dual_gram(x: jax.Array) -> jax.Array:
+    return jnp.matmul(x, x.T, precision=HIGHEST)
+
+
+def ridge_fit(x: Any, y: Any, gamma: float, *, form: str = "auto", **kwargs: Any) -> jax.Array:
+    """Ridge weights ``W: (d, c)`` from data ``x: (n, d)`` and labels ``(n,)`` or targets ``(n, c)``.
+
+    ``form="primal"`` solves ``(XᵀX + γI) W = XᵀY`` (a ``d×d`` system); ``form="dual"`` solves the kernel form
+    ``W = Xᵀ(XXᵀ + γI)⁻¹Y`` (an ``n×n`` system; push-through identity, METHODS.md section 1). ``"auto"`` picks the
+    smaller system. Both forms call :func:`ridge_solve`.
+    """
+    x = check_features(x)
+    t, _ = as_targets(y, x.shape[0], None, x.dtype)
+    if form == "auto":
+        form = "dual" if x.shape[0] < x.shape[1] else "primal"
+    if form == "primal":
+        xtx, xty = _primal_stats(x, t)
+        return ridge_solve(xtx, xty, gamma, **kwargs)
+    if form == "dual":
+        alpha = ridge_solve(_dual_gram(x), t, gamma, **kwargs)
+        return jnp.matmul(x.T, alpha, precision=HIGHEST)
+    raise ValueError(f"form must be 'auto', 'primal' or 'dual', got {form!r}")
