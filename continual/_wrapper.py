@@ -1,0 +1,153 @@
+"""Scikit-learn verbs over a functional continual learner (DESIGN.md, layer 2).
+
+Each learner module defines pure ``init/update/predict`` functions over a NamedTuple state; its class subclasses
+:class:`ContinualClassifier`, which validates input at the boundary, calls those functions and replaces
+``self.state`` only after an update has succeeded -- so a call that raises leaves the learner exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic import load_state, save_state
+from analytic.validation import check_features, check_labels
+
+
+def declared_classes(classes: int | Sequence[int] | np.ndarray | None, name: str = "classes") -> int | None:
+    """``classes`` as sklearn's ``partial_fit`` accepts it (all class ids, or their count) -> number of columns."""
+    if classes is None:
+        return None
+    if np.ndim(classes) == 0:
+        count = int(classes)
+        if count != classes or count <= 0:
+            raise ValueError(f"{name} must be a positive class count or a sequence of class ids, got {classes!r}")
+        return count
+    ids = check_labels(np.asarray(classes), name=name)
+    return int(ids.max()) + 1
+
+
+def seen_mask(labels: np.ndarray, width: int) -> np.ndarray:
+    """Boolean ``(width,)`` mask of the class ids present in ``labels``."""
+    mask = np.zeros(width, dtype=bool)
+    mask[labels] = True
+    return mask
+
+
+def grow_mask(mask: jax.Array, width: int) -> jax.Array:
+    """Pad a boolean class mask with ``False`` up to ``width`` columns."""
+    return jnp.pad(mask, (0, max(0, width - mask.shape[0])))
+
+
+def mask_unseen(logits: jax.Array, seen: jax.Array) -> jax.Array:
+    """Logits of never-seen classes set to ``-inf`` so that an all-zero column can never win the argmax."""
+    seen = grow_mask(seen, logits.shape[1])[: logits.shape[1]]
+    return jnp.where(seen[None, :], logits, -jnp.inf)
+
+
+class ContinualClassifier:
+    """Base of the learners' class wrappers.
+
+    Subclasses set ``_module`` (the functional module with ``init``, ``update``, ``predict``) and implement
+    :meth:`_init_state` and :meth:`get_params`. ``state`` is ``None`` until the first :meth:`partial_fit`.
+    """
+
+    _module: ClassVar[Any]
+    state: Any
+
+    def __init__(self) -> None:
+        self.state = None
+        self.n_classes_declared_: int | None = None
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-serializable; stored in checkpoints)."""
+        raise NotImplementedError
+
+    def _init_state(self, in_dim: int, classes: int) -> Any:
+        raise NotImplementedError
+
+    def _check_x(self, x: Any, name: str = "x") -> jax.Array:
+        return check_features(x, name=name, dim=None if self.state is None else self.n_features_in_)
+
+    def _input_width(self, x: jax.Array) -> int:
+        return x.shape[1]
+
+    def _update(self, state: Any, x: jax.Array, y: np.ndarray) -> Any:
+        return self._module.update(state, x, y)
+
+    def _decision(self, state: Any, x: jax.Array) -> jax.Array:
+        return self._module.predict(state, x)
+
+    # -- scikit-learn verbs ----------------------------------------------------------------------------------
+    @property
+    def n_features_in_(self) -> int:
+        self._require_fitted()
+        return int(self._module.input_dim(self.state))
+
+    def partial_fit(self, x: Any, y: Any, classes: int | Sequence[int] | None = None) -> ContinualClassifier:
+        """Learn one batch/phase. ``classes`` (all ids, or their count) fixes the label range and output width."""
+        declared = declared_classes(classes)
+        if declared is not None and self.n_classes_declared_ is not None:
+            declared = max(declared, self.n_classes_declared_)
+        declared = self.n_classes_declared_ if declared is None else declared
+        x = self._check_x(x)
+        labels = check_labels(y, classes=declared, n=x.shape[0])
+        state = self.state if self.state is not None else self._init_state(self._input_width(x), declared or 0)
+        new_state = self._update(state, x, labels)
+        # Only now does the learner change: any exception above left it untouched.
+        self.state, self.n_classes_declared_ = new_state, declared
+        return self
+
+    def fit(self, x: Any, y: Any, classes: int | Sequence[int] | None = None) -> ContinualClassifier:
+        """Forget everything and learn ``(x, y)`` as a single phase."""
+        fresh = type(self)(**self.get_params())
+        fresh.partial_fit(x, y, classes=classes)
+        self.state, self.n_classes_declared_ = fresh.state, fresh.n_classes_declared_
+        return self
+
+    def decision_function(self, x: Any) -> jax.Array:
+        """Class scores ``(n, c)``."""
+        self._require_fitted()
+        return self._decision(self.state, self._check_x(x))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted class ids ``(n,)``."""
+        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
+
+    def score(self, x: Any, y: Any) -> float:
+        """Mean accuracy on ``(x, y)``."""
+        x = self._check_x(x)
+        labels = check_labels(y, n=x.shape[0])
+        return float(np.mean(self.predict(x) == labels))
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the state and constructor arguments with :func:`analytic.save_state` (orbax)."""
+        self._require_fitted()
+        metadata = {
+            "learner": type(self).__name__,
+            "params": json.loads(json.dumps(self.get_params())),
+            "n_classes_declared": self.n_classes_declared_,
+        }
+        save_state(path, self.state, metadata)
+
+    @classmethod
+    def load(cls, path: str) -> ContinualClassifier:
+        """Restore a learner written by :meth:`save`; continuing it equals never having stopped, bit for bit."""
+        loaded, metadata = load_state(path)
+        if metadata.get("learner") != cls.__name__:
+            raise ValueError(f"{path} holds a {metadata.get('learner')!r} checkpoint, not {cls.__name__}")
+        learner = cls(**metadata["params"])
+        learner.state = loaded
+        learner.n_classes_declared_ = metadata["n_classes_declared"]
+        return learner
+
+    def _require_fitted(self) -> None:
+        if self.state is None:
+            raise ValueError(f"this {type(self).__name__} has not been fitted yet; call partial_fit first")

@@ -1,0 +1,202 @@
+"""AIR: analytic imbalance rectifier -- a class-balanced ridge head for long-tailed, continual streams.
+
+Fang et al., "AIR: Analytic Imbalance Rectifier for Continual Learning", arXiv:2408.10349 (2024); METHODS.md
+section 2. Each class's statistics are re-weighted by ``π_c`` before one ridge solve::
+
+    W = (Σ_c π_c X_cᵀX_c + γI)⁻¹ Σ_c π_c X_cᵀY_c,        π_c = n_c^(-p)   (p = 1: inverse class frequency)
+
+so a head class with 100× the samples of a tail class no longer dominates the solution. ``π`` depends on the
+counts of *all* data seen, so the head cannot be updated recursively; AIR keeps additive per-class statistics
+(exact under any batch split or class order) and solves at read-out time.
+
+**Memory.** ``statistics="full"`` keeps one ``d×d`` Gram per class: ``O(c·d²)`` floats (100 classes × 2048² float64
+is 3.4 GB). ``statistics="diagonal"`` keeps the total Gram ``XᵀX`` plus each class's diagonal ``diag(X_cᵀX_c)``:
+``O(d² + c·d)``. It rebuilds each class's Gram from its mean (exact, ``s_c s_cᵀ / n_c``), its own per-feature
+within-class variances (exact) and the *pooled* within-class off-diagonal covariance (approximate)::
+
+    X_cᵀX_c ≈ n_c (offdiag(S_w) + diag(v_c)) + s_c s_cᵀ / n_c,    S_w = (XᵀX − Σ_c s_c s_cᵀ / n_c) / n
+
+It is therefore exact whenever all classes share one within-class off-diagonal covariance (the LDA assumption;
+in particular equal class covariances) and for any data when ``π`` is uniform; otherwise it is an approximation.
+The authors' code normalizes ``π`` to mean 1 over the class columns (``normalize=True`` reproduces that).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic import RandomBuffer, gram_init, gram_update, ridge_solve
+from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.validation import check_features, check_gamma, check_labels
+from continual._wrapper import ContinualClassifier, mask_unseen
+
+__all__ = ["AIRState", "init", "update", "solve", "predict", "AIR"]
+
+STATISTICS = ("full", "diagonal")
+
+
+class AIRState(NamedTuple):
+    """Per-class ridge statistics.
+
+    Attributes:
+      buffer: optional :class:`analytic.RandomBuffer` applied to inputs (``None`` = features used as given).
+      stats: :class:`analytic.GramStats` of all rows: ``xtx (d, d)``, ``xty (d, c)``, ``count``.
+      class_gram: ``(c, d, d)`` per-class Grams (``"full"``) or ``(c, d)`` their diagonals (``"diagonal"``).
+      counts: ``(c,)`` rows seen per class.
+      gamma: ridge strength (scalar array).
+      power: ``p`` in ``π_c = n_c^(-p)`` (scalar array).
+      normalize: scale ``π`` to mean 1 over the class columns, as the authors' code does (scalar bool array).
+    """
+
+    buffer: RandomBuffer | None
+    stats: Any
+    class_gram: jax.Array
+    counts: jax.Array
+    gamma: jax.Array
+    power: jax.Array
+    normalize: jax.Array
+
+
+def init(
+    in_dim: int, classes: int = 0, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False,
+    statistics: str = "full", buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
+    dtype: Any = None,
+) -> AIRState:
+    """Empty statistics for ``in_dim`` inputs (expanded by a ReLU buffer of ``buffer_size`` if given)."""
+    gamma = check_gamma(gamma)
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+    if not np.isfinite(power) or power < 0:
+        raise ValueError(f"power must be finite and >= 0, got {power!r}")
+    dt = resolve_dtype(dtype)
+    buffer = None if buffer_size is None else RandomBuffer(in_dim, buffer_size, "relu", seed, buffer_init, dtype=dt)
+    d = in_dim if buffer is None else buffer_size
+    shape = (classes, d, d) if statistics == "full" else (classes, d)
+    return AIRState(
+        buffer, gram_init(d, classes, dt), jnp.zeros(shape, dt), jnp.zeros((classes,), jnp.int32),
+        jnp.asarray(gamma, dt), jnp.asarray(power, dt), jnp.asarray(bool(normalize)),
+    )
+
+
+def input_dim(state: AIRState) -> int:
+    return state.stats.dim if state.buffer is None else state.buffer.in_dim
+
+
+def num_classes(state: AIRState) -> int:
+    return state.counts.shape[0]
+
+
+def _features(state: AIRState, x: jax.Array) -> jax.Array:
+    return x.astype(state.stats.xtx.dtype) if state.buffer is None else state.buffer(x)
+
+
+@jax.jit
+def _class_statistics(class_gram: jax.Array, x: jax.Array, onehot: jax.Array) -> jax.Array:
+    if class_gram.ndim == 3:
+        # X_cᵀX_c for every class at once: rows weighted by their class indicator.
+        return class_gram + jnp.einsum("nc,nd,ne->cde", onehot, x, x, precision=HIGHEST)
+    return class_gram + jnp.matmul(onehot.T, x * x, precision=HIGHEST)
+
+
+def update(state: AIRState, x: Any, y: Any) -> AIRState:
+    """Add a batch ``x: (n, in_dim)`` with class ids ``y: (n,)``; exact for any split or order of the data."""
+    x = check_features(x, dim=input_dim(state))
+    labels = check_labels(y, n=x.shape[0])
+    feats = _features(state, x)
+    width = max(num_classes(state), int(labels.max()) + 1)
+    stats = gram_update(state.stats, feats, labels)
+    grow = width - num_classes(state)
+    class_gram = jnp.pad(state.class_gram, ((0, grow),) + ((0, 0),) * (state.class_gram.ndim - 1))
+    onehot = jax.nn.one_hot(jnp.asarray(labels), width, dtype=feats.dtype)
+    counts = jnp.pad(state.counts, (0, grow)) + jnp.bincount(jnp.asarray(labels), length=width)
+    return state._replace(stats=stats, class_gram=_class_statistics(class_gram, feats, onehot), counts=counts)
+
+
+@jax.jit
+def class_weights(state: AIRState) -> jax.Array:
+    """``π: (c,)`` -- ``n_c^(-p)`` for seen classes, 0 for unseen ones, optionally scaled to mean 1."""
+    n = state.counts.astype(state.gamma.dtype)
+    pi = jnp.where(n > 0, jnp.where(n > 0, n, 1.0) ** -state.power, 0.0)
+    scale = jnp.where(state.normalize, pi.shape[0] / jnp.maximum(jnp.sum(pi), jnp.finfo(pi.dtype).tiny), 1.0)
+    return pi * scale
+
+
+@jax.jit
+def weighted_statistics(state: AIRState) -> tuple[jax.Array, jax.Array]:
+    """``(Σ_c π_c X_cᵀX_c, Σ_c π_c X_cᵀY_c)`` -- exact (``"full"``) or pooled-covariance (``"diagonal"``)."""
+    pi = class_weights(state)
+    xty = state.stats.xty * pi[None, :]
+    if state.class_gram.ndim == 3:
+        return jnp.einsum("c,cde->de", pi, state.class_gram, precision=HIGHEST), xty
+    n_c = state.counts.astype(pi.dtype)
+    inv_n = jnp.where(n_c > 0, 1.0 / jnp.where(n_c > 0, n_c, 1.0), 0.0)
+    sums = state.stats.xty                                              # s_c = X_cᵀ1 (one-hot targets)
+    between = jnp.matmul(sums * inv_n[None, :], sums.T, precision=HIGHEST)     # Σ_c s_c s_cᵀ / n_c
+    pooled = (state.stats.xtx - between) / jnp.maximum(jnp.sum(n_c), 1.0)
+    within_diag = state.class_gram - (sums.T**2) * inv_n[:, None]        # n_c v_c: (c, d)
+    offdiag = pooled - jnp.diag(jnp.diag(pooled))
+    weighted = (
+        jnp.sum(pi * n_c) * offdiag
+        + jnp.diag(jnp.sum(pi[:, None] * within_diag, axis=0))
+        + jnp.matmul(sums * (pi * inv_n)[None, :], sums.T, precision=HIGHEST)
+    )
+    return weighted, xty
+
+
+def solve(state: AIRState) -> jax.Array:
+    """Class-balanced ridge weights ``W: (d, c)`` (one SPD solve through :func:`analytic.ridge_solve`)."""
+    xtx, xty = weighted_statistics(state)
+    return ridge_solve(xtx, xty, float(state.gamma))
+
+
+def predict(state: AIRState, x: Any, weight: jax.Array | None = None) -> jax.Array:
+    """Logits ``(n, c)``; never-seen classes get ``-inf``. Pass ``weight = solve(state)`` to reuse a solve."""
+    x = check_features(x, dim=input_dim(state))
+    w = solve(state) if weight is None else weight
+    logits = jnp.matmul(_features(state, x), w, precision=HIGHEST)
+    return mask_unseen(logits, state.counts > 0)
+
+
+class AIR(ContinualClassifier):
+    """Class wrapper (scikit-learn verbs) over :func:`init`/:func:`update`/:func:`predict`; caches the solve."""
+
+    _module = sys.modules[__name__]
+
+    def __init__(
+        self, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False, statistics: str = "full",
+        buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        check_gamma(gamma)
+        if statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+        self.gamma, self.power, self.normalize, self.statistics = gamma, power, normalize, statistics
+        self.buffer_size, self.buffer_init, self.seed = buffer_size, buffer_init, seed
+        self.dtype = None if dtype is None else np.dtype(dtype).name
+        self._weight: tuple[Any, jax.Array] | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "gamma": self.gamma, "power": self.power, "normalize": self.normalize, "statistics": self.statistics,
+            "buffer_size": self.buffer_size, "buffer_init": self.buffer_init, "seed": self.seed, "dtype": self.dtype,
+        }
+
+    def _init_state(self, in_dim: int, classes: int) -> AIRState:
+        params = self.get_params()
+        return init(in_dim, classes, params.pop("gamma"), **params)
+
+    def _decision(self, state: AIRState, x: jax.Array) -> jax.Array:
+        if self._weight is None or self._weight[0] is not state:
+            self._weight = (state, solve(state))
+        return predict(state, x, self._weight[1])
+
+    @property
+    def coef_(self) -> jax.Array:
+        """Class-balanced ridge weights ``(d, c)``."""
+        self._require_fitted()
+        return solve(self.state)

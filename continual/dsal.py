@@ -1,0 +1,209 @@
+"""DS-AL: dual-stream analytic learning for exemplar-free class-incremental learning.
+
+Zhuang et al., "DS-AL: A Dual-Stream Analytic Learning for Exemplar-Free Class-Incremental Learning", AAAI 2024;
+METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge heads learned by the same
+recursion (:func:`analytic.rls_update`):
+
+* main stream (eqs. 6-9): ``X_M = relu(Z)``, ``W_M`` = joint ridge on all data seen (C-RLS, γ_main);
+* compensation stream (eqs. 10-14): ``X_C = tanh(Z)`` (any other activation), fit to the main stream's residual
+  ``Ỹ = Y − X_M W_M`` after *previous-label cleansing* -- residual columns of classes learned in earlier phases
+  are zeroed, so the compensation only corrects the classes of the current phase;
+* prediction (eq. 15): ``X_M W_M + C · X_C W_C`` with compensation ratio ``C`` (0.6 CIFAR-100, 1.5 ImageNet-1k).
+
+``cleansing="paper"`` (default): one call to :func:`update` is one phase; the residual uses the main weights at
+the end of the phase and zeroes the columns of classes seen in earlier phases. ``W_C`` then equals a joint ridge
+on compensation features against the cleansed residuals of all phases. ``cleansing="authors"`` reproduces the
+repository (METHODS.md 2b): per mini-batch of ``batch_size`` rows, the residual uses the main weights right after
+that batch and keeps only the last ``new_classes`` columns of the current width (``max label + 1``) -- which
+equals the paper only when each phase's class ids are the contiguous block above all earlier ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_update
+from analytic.buffers import ACTIVATIONS
+from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.validation import check_features, check_gamma, check_labels
+from continual._wrapper import ContinualClassifier, grow_mask, seen_mask
+
+__all__ = ["StreamActivations", "DSALState", "init", "update", "predict", "DSAL"]
+
+CLEANSING = ("paper", "authors")
+
+
+@jax.tree_util.register_pytree_node_class
+class StreamActivations:
+    """Static (leafless) pytree node naming the main and compensation activations, so states stay jittable."""
+
+    def __init__(self, main: str = "relu", comp: str = "tanh") -> None:
+        for name, act in (("activation_main", main), ("activation_comp", comp)):
+            if act not in ACTIVATIONS:
+                raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {act!r}")
+        self.main, self.comp = main, comp
+
+    def tree_flatten(self) -> tuple[tuple[()], tuple[str, str]]:
+        return (), (self.main, self.comp)
+
+    @classmethod
+    def tree_unflatten(cls, aux: tuple[str, str], _: Any) -> StreamActivations:
+        return cls(*aux)
+
+
+class DSALState(NamedTuple):
+    """Attributes:
+      projection: shared :class:`analytic.RandomBuffer` with identity activation, ``in_dim -> buffer_size``.
+      activations: :class:`StreamActivations`.
+      main, comp: :class:`analytic.RLSState` of the two streams, ``weight (buffer_size, c)``.
+      seen: ``(c,)`` boolean, classes learned in earlier phases.
+      compensation_ratio: ``C`` (scalar array).
+    """
+
+    projection: RandomBuffer
+    activations: StreamActivations
+    main: RLSState
+    comp: RLSState
+    seen: jax.Array
+    compensation_ratio: jax.Array
+
+
+def init(
+    in_dim: int, classes: int = 0, gamma_main: float = 0.1, gamma_comp: float = 0.1, *,
+    compensation_ratio: float = 0.6, buffer_size: int = 8192, activation_main: str = "relu",
+    activation_comp: str = "tanh", buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+) -> DSALState:
+    """Shared projection and two empty heads (``R₀ = I/γ`` each)."""
+    gamma_main, gamma_comp = check_gamma(gamma_main, "gamma_main"), check_gamma(gamma_comp, "gamma_comp")
+    if not np.isfinite(compensation_ratio):
+        raise ValueError(f"compensation_ratio must be finite, got {compensation_ratio!r}")
+    dt = resolve_dtype(dtype)
+    projection = RandomBuffer(in_dim, buffer_size, "identity", seed, buffer_init, dtype=dt)
+    main = rls_init(buffer_size, classes, gamma_main, dt)
+    comp = rls_init(buffer_size, classes, gamma_comp, dt)
+    activations = StreamActivations(activation_main, activation_comp)
+    ratio = jnp.asarray(compensation_ratio, dt)
+    return DSALState(projection, activations, main, comp, jnp.zeros((classes,), bool), ratio)
+
+
+def input_dim(state: DSALState) -> int:
+    return state.projection.in_dim
+
+
+def num_classes(state: DSALState) -> int:
+    return state.main.classes
+
+
+def stream_features(state: DSALState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(X_M, X_C) = (σ_M(x A), σ_C(x A))``."""
+    z = state.projection(x)
+    return ACTIVATIONS[state.activations.main](z), ACTIVATIONS[state.activations.comp](z)
+
+
+@jax.jit
+def cleansed_residual(main: RLSState, x_main: jax.Array, labels: jax.Array, keep: jax.Array) -> jax.Array:
+    """``(Y − X_M W_M)`` with the columns outside ``keep: (c,)`` zeroed (previous-label cleansing, eq. 11)."""
+    y = jax.nn.one_hot(labels, main.weight.shape[1], dtype=main.weight.dtype)
+    residual = y - jnp.matmul(x_main.astype(main.weight.dtype), main.weight, precision=HIGHEST)
+    return jnp.where(keep[None, :], residual, 0.0)
+
+
+def update(
+    state: DSALState, x: Any, y: Any, *, cleansing: str = "paper", batch_size: int | None = None,
+    new_classes: int | None = None,
+) -> DSALState:
+    """Learn one phase ``x: (n, in_dim)``, class ids ``y: (n,)``, in mini-batches of ``batch_size`` rows.
+
+    ``new_classes`` (``cleansing="authors"`` only) is the repository's ``increase_size``; default: the number of
+    classes in ``y`` not seen in earlier phases.
+    """
+    if cleansing not in CLEANSING:
+        raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
+    x = check_features(x, dim=input_dim(state))
+    labels = check_labels(y, n=x.shape[0])
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    step = x.shape[0] if batch_size is None else int(batch_size)
+    chunks = [slice(i, i + step) for i in range(0, x.shape[0], step)]
+    width = max(num_classes(state), int(labels.max()) + 1)
+    seen_before = np.asarray(grow_mask(state.seen, width))
+    if new_classes is None:
+        new_classes = int(np.sum(seen_mask(labels, width) & ~seen_before))
+    main, comp = state.main, expand_classes(state.comp, width)
+    if cleansing == "paper":
+        for sl in chunks:
+            main = rls_update(main, stream_features(state, x[sl])[0], labels[sl])
+        keep = jnp.asarray(~seen_before)
+        for sl in chunks:
+            x_main, x_comp = stream_features(state, x[sl])
+            comp = rls_update(comp, x_comp, cleansed_residual(main, x_main, jnp.asarray(labels[sl]), keep))
+    else:
+        highest = int(np.flatnonzero(seen_before).max()) if seen_before.any() else -1
+        for sl in chunks:
+            x_main, x_comp = stream_features(state, x[sl])
+            main = rls_update(main, x_main, labels[sl])
+            highest = max(highest, int(labels[sl].max()))
+            # The repository keeps the last `increase_size` columns of its current width (highest id + 1).
+            cols = np.arange(width)
+            keep = jnp.asarray((cols < highest + 1) & (cols >= highest + 1 - new_classes))
+            comp = rls_update(comp, x_comp, cleansed_residual(main, x_main, jnp.asarray(labels[sl]), keep))
+    return state._replace(main=main, comp=comp, seen=jnp.asarray(seen_before | seen_mask(labels, width)))
+
+
+def predict(state: DSALState, x: Any) -> jax.Array:
+    """Logits ``X_M W_M + C · X_C W_C: (n, c)`` (eq. 15)."""
+    x = check_features(x, dim=input_dim(state))
+    x_main, x_comp = stream_features(state, x)
+    return _combine(state.main.weight, state.comp.weight, state.compensation_ratio, x_main, x_comp)
+
+
+@jax.jit
+def _combine(w_main: jax.Array, w_comp: jax.Array, ratio: jax.Array, x_main: jax.Array, x_comp: jax.Array) -> jax.Array:
+    return (jnp.matmul(x_main, w_main, precision=HIGHEST)
+            + ratio * jnp.matmul(x_comp, w_comp, precision=HIGHEST))
+
+
+class DSAL(ContinualClassifier):
+    """DS-AL with scikit-learn verbs; ``partial_fit`` = one phase (see :func:`update` for ``cleansing``)."""
+
+    _module = sys.modules[__name__]
+
+    def __init__(
+        self, gamma_main: float = 0.1, gamma_comp: float = 0.1, *, compensation_ratio: float = 0.6,
+        buffer_size: int = 8192, activation_main: str = "relu", activation_comp: str = "tanh",
+        cleansing: str = "paper", batch_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        check_gamma(gamma_main, "gamma_main")
+        check_gamma(gamma_comp, "gamma_comp")
+        StreamActivations(activation_main, activation_comp)
+        if cleansing not in CLEANSING:
+            raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
+        self.gamma_main, self.gamma_comp, self.compensation_ratio = gamma_main, gamma_comp, compensation_ratio
+        self.buffer_size, self.activation_main, self.activation_comp = buffer_size, activation_main, activation_comp
+        self.cleansing, self.batch_size, self.buffer_init, self.seed = cleansing, batch_size, buffer_init, seed
+        self.dtype = None if dtype is None else np.dtype(dtype).name
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "gamma_main": self.gamma_main, "gamma_comp": self.gamma_comp,
+            "compensation_ratio": self.compensation_ratio, "buffer_size": self.buffer_size,
+            "activation_main": self.activation_main, "activation_comp": self.activation_comp,
+            "cleansing": self.cleansing, "batch_size": self.batch_size, "buffer_init": self.buffer_init,
+            "seed": self.seed, "dtype": self.dtype,
+        }
+
+    def _init_state(self, in_dim: int, classes: int) -> DSALState:
+        params = self.get_params()
+        for key in ("cleansing", "batch_size"):
+            params.pop(key)
+        return init(in_dim, classes, params.pop("gamma_main"), params.pop("gamma_comp"), **params)
+
+    def _update(self, state: DSALState, x: jax.Array, y: np.ndarray) -> DSALState:
+        return update(state, x, y, cleansing=self.cleansing, batch_size=self.batch_size)

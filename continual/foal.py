@@ -1,0 +1,152 @@
+"""F-OAL: forward-only online analytic learning.
+
+Zhuang et al., "F-OAL: Forward-only Online Analytic Learning with Fast Training and Low Memory Footprint in
+Class Incremental Learning", NeurIPS 2024; METHODS.md section 2. A frozen pretrained ViT runs forward once per
+sample; its class tokens of all blocks are fused (:func:`analytic.feature_fusion`: mean over blocks -> the ViT's
+final LayerNorm -> fixed random projection ``P`` -> sigmoid, §3.2) and a ridge head is updated by recursive least
+squares on every mini-batch of 10 samples (§3.3, ``R₀ = I/γ``, γ = 1). The stream is seen once; after any number
+of mini-batches ``W`` equals the joint ridge solution on the fused features of all samples seen.
+
+As in the authors' code (METHODS.md 2b) ``P`` is ``nn.Linear(D, P, bias=False)``'s untrained default init
+``U(±1/√D)``; ``W`` may hold columns for every class from the start, so classes never seen in the stream are
+masked at prediction (their zero column would otherwise win whenever all seen logits are negative).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls_init
+from analytic.dtypes import pad_rows, resolve_dtype
+from analytic.rls import rls_predict, rls_step
+from analytic.validation import check_features, check_gamma, check_labels
+from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen
+
+__all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
+
+
+class FOALState(NamedTuple):
+    """Attributes:
+      projection: ``(D, P)`` fixed random projection of the fusion.
+      ln_scale, ln_bias: ``(D,)`` affine of the backbone's final LayerNorm, or ``None`` (no affine).
+      head: :class:`analytic.RLSState`, ``weight (P, c)``.
+      seen: ``(c,)`` boolean, classes with at least one sample so far.
+    """
+
+    projection: jax.Array
+    ln_scale: jax.Array | None
+    ln_bias: jax.Array | None
+    head: RLSState
+    seen: jax.Array
+
+
+def init(
+    token_dim: int, classes: int = 0, gamma: float = 1.0, *, projection_dim: int = 1000,
+    ln_scale: Any = None, ln_bias: Any = None, seed: int = 0, dtype: Any = None,
+) -> FOALState:
+    """Projection ``token_dim -> projection_dim`` (768 -> 1000 for ViT-B/16) and an empty head."""
+    gamma = check_gamma(gamma)
+    dt = resolve_dtype(dtype)
+    projection = RandomBuffer(token_dim, projection_dim, "identity", seed, "torch_linear", dtype=dt).weight
+    affine = []
+    for name, value in (("ln_scale", ln_scale), ("ln_bias", ln_bias)):
+        if value is not None:
+            value = jnp.asarray(value, dt)
+            if value.shape != (token_dim,) or not bool(jnp.isfinite(value).all()):
+                raise ValueError(f"{name} must be a finite ({token_dim},) vector, got shape {tuple(value.shape)}")
+        affine.append(value)
+    return FOALState(projection, *affine, rls_init(projection_dim, classes, gamma, dt), jnp.zeros((classes,), bool))
+
+
+def input_dim(state: FOALState) -> int:
+    return state.projection.shape[0]
+
+
+def num_classes(state: FOALState) -> int:
+    return state.head.classes
+
+
+def check_block_tokens(block_cls: Any, token_dim: int | None = None, name: str = "block_cls") -> jax.Array:
+    """Validate per-block class tokens ``(n, L, D)`` (same rules as :func:`analytic.validation.check_features`)."""
+    shape = tuple(np.shape(block_cls))
+    if len(shape) != 3:
+        raise ValueError(f"{name} must be (n, L, D) class tokens of L blocks, got shape {shape}")
+    if token_dim is not None and shape[2] != token_dim:
+        raise ValueError(f"{name} has token width {shape[2]} (shape {shape}) but {token_dim} was expected")
+    if 0 in shape:
+        raise ValueError(f"{name} is empty (shape {shape})")
+    if not hasattr(block_cls, "dtype"):
+        block_cls = np.asarray(block_cls)
+    flat = check_features(block_cls.reshape(shape[0], -1), name=name)
+    return jnp.reshape(flat, shape)
+
+
+def fused_features(state: FOALState, block_cls: jax.Array) -> jax.Array:
+    return feature_fusion(block_cls.astype(state.projection.dtype), state.projection, state.ln_scale, state.ln_bias)
+
+
+def update(state: FOALState, block_cls: Any, y: Any, batch_size: int = 10) -> FOALState:
+    """One online pass over ``block_cls: (n, L, D)``, class ids ``y: (n,)``: one RLS step per ``batch_size`` rows."""
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    block_cls = check_block_tokens(block_cls, input_dim(state))
+    labels = check_labels(y, n=block_cls.shape[0])
+    width = max(num_classes(state), int(labels.max()) + 1)
+    head = expand_classes(state.head, width)
+    feats = fused_features(state, block_cls)
+    targets = jax.nn.one_hot(jnp.asarray(labels), width, dtype=head.weight.dtype)
+    for start in range(0, feats.shape[0], batch_size):
+        # A short last mini-batch is zero-padded: zero rows leave the Woodbury step unchanged, and every step
+        # then has the same shape, so the stream compiles one program.
+        head = rls_step(head, pad_rows(feats[start:start + batch_size], batch_size),
+                        pad_rows(targets[start:start + batch_size], batch_size))
+    seen = grow_mask(state.seen, width) | (jnp.sum(targets, axis=0) > 0)
+    return state._replace(head=head, seen=seen)
+
+
+def predict(state: FOALState, block_cls: Any) -> jax.Array:
+    """Logits ``(n, c)`` on fused features; never-seen classes get ``-inf``."""
+    block_cls = check_block_tokens(block_cls, input_dim(state))
+    return mask_unseen(rls_predict(state.head, fused_features(state, block_cls)), state.seen)
+
+
+class FOAL(ContinualClassifier):
+    """F-OAL with scikit-learn verbs; ``x`` is ``(n, L, D)`` per-block class tokens, ``partial_fit`` = stream chunk."""
+
+    _module = sys.modules[__name__]
+
+    def __init__(
+        self, gamma: float = 1.0, *, projection_dim: int = 1000, batch_size: int = 10, ln_scale: Any = None,
+        ln_bias: Any = None, seed: int = 0, dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        check_gamma(gamma)
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.gamma, self.projection_dim, self.batch_size, self.seed = gamma, projection_dim, int(batch_size), seed
+        self.ln_scale = None if ln_scale is None else np.asarray(ln_scale, np.float64).tolist()
+        self.ln_bias = None if ln_bias is None else np.asarray(ln_bias, np.float64).tolist()
+        self.dtype = None if dtype is None else np.dtype(dtype).name
+
+    def get_params(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "projection_dim": self.projection_dim, "batch_size": self.batch_size,
+                "ln_scale": self.ln_scale, "ln_bias": self.ln_bias, "seed": self.seed, "dtype": self.dtype}
+
+    def _init_state(self, in_dim: int, classes: int) -> FOALState:
+        params = self.get_params()
+        params.pop("batch_size")
+        return init(in_dim, classes, params.pop("gamma"), **params)
+
+    def _check_x(self, x: Any, name: str = "x") -> jax.Array:
+        return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name)
+
+    def _input_width(self, x: jax.Array) -> int:
+        return x.shape[2]
+
+    def _update(self, state: FOALState, x: jax.Array, y: np.ndarray) -> FOALState:
+        return update(state, x, y, self.batch_size)
