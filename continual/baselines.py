@@ -1,0 +1,246 @@
+"""Baselines for the continual protocols, with the learners' verbs (``partial_fit``, ``predict``, ``score``).
+
+- :class:`JointRidge` -- the upper bound: ridge on everything seen so far (the core's Gram statistics, solved at
+  read-out). Equal to ACIL by construction; listed separately as the reference the analytic learners must match.
+- :class:`SLDA` -- deep streaming LDA (Hayes & Kanan, CVPR-W 2020, Eqs. 1-4): class means and one shared
+  covariance, prediction ``W = Λ μ``, ``b = -½ μᵀ Λ μ`` with ``Λ = ((1-ε)Σ + εI)⁻¹``. Here ``Σ`` is the *exact*
+  pooled within-class covariance, computed from additive statistics (``XᵀX``, per-class sums, counts), so any
+  split of the stream gives the batch answer; the paper's one-sample update approximates the same quantity.
+- :class:`FineTune` -- a linear or MLP head trained with optax on each incoming batch only: the gradient
+  baseline that forgets. With ``replay`` > 0 it keeps a reservoir buffer of past samples and trains on
+  ``batch ∪ buffer`` (experience replay, Chaudhry et al. 2019; reservoir sampling, Vitter 1985).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from analytic import AnalyticLinear, GramStats, RandomBuffer, gram_init, gram_update, ridge_solve
+from analytic.validation import check_features, check_gamma, check_labels
+
+__all__ = ["JointRidge", "SLDAState", "slda_init", "slda_update", "slda_predict", "SLDA", "FineTune"]
+
+
+class _Classifier:
+    """Shared read-out verbs; subclasses define ``decision_function``."""
+
+    def decision_function(self, x: Any) -> jax.Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def predict(self, x: Any) -> np.ndarray:
+        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
+
+    def score(self, x: Any, y: Any) -> float:
+        """Mean accuracy on ``(x, y)``."""
+        labels = check_labels(y, n=np.shape(x)[0])
+        return float(np.mean(self.predict(x) == labels))
+
+
+class JointRidge(AnalyticLinear):
+    """Ridge on all rows seen (the joint-training upper bound), optionally behind a ReLU random buffer.
+
+    buffer_size: width of a ``RandomBuffer(in_dim, buffer_size, "relu", seed)`` built on the first batch
+    (``None``: the raw features). Everything else is :class:`analytic.AnalyticLinear` with ``solver="gram"``.
+    """
+
+    def __init__(self, gamma: float = 1.0, buffer_size: int | None = None, seed: int = 0, dtype: Any = None):
+        super().__init__(gamma=gamma, solver="gram", dtype=dtype)
+        self.buffer_size, self.seed = buffer_size, seed
+
+    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> JointRidge:
+        if self.buffer is None and self.buffer_size is not None:
+            width = check_features(x).shape[1]
+            self.buffer = RandomBuffer(width, self.buffer_size, "relu", seed=self.seed, dtype=self.dtype)
+        super().partial_fit(x, y, classes)
+        return self
+
+
+# -- SLDA ---------------------------------------------------------------------------------------------------------
+class SLDAState(NamedTuple):
+    """stats: ``XᵀX`` (d, d) and per-class sums ``XᵀY`` (d, c) of the raw features; counts: (c,) rows per class."""
+
+    stats: GramStats
+    counts: jax.Array
+
+
+def slda_init(dim: int, dtype: Any = None) -> SLDAState:
+    stats = gram_init(dim, 0, dtype)
+    return SLDAState(stats, jnp.zeros((0,), stats.xtx.dtype))
+
+
+def slda_update(state: SLDAState, x: Any, y: Any) -> SLDAState:
+    """Add a batch ``x: (n, d)``, ``y: (n,)`` class ids; validated first, so an error changes nothing."""
+    x = check_features(x, dim=state.stats.dim)
+    ids = check_labels(y, n=x.shape[0])
+    stats = gram_update(state.stats, x, ids)
+    counts = jnp.pad(state.counts, (0, stats.classes - state.counts.shape[0]))
+    counts = counts + jnp.bincount(jnp.asarray(ids), length=stats.classes).astype(counts.dtype)
+    return SLDAState(stats, counts)
+
+
+def slda_predict(state: SLDAState, x: jax.Array, shrinkage: float = 1e-4) -> jax.Array:
+    """Scores ``x Λμ - ½ μᵀΛμ``: (n, c); classes never seen score ``-inf``.
+
+    ``((1-ε)Σ + εI)⁻¹ M = (Σ + ε/(1-ε) I)⁻¹ M / (1-ε)``, so the solve is the core's ridge solve with
+    ``γ = ε/(1-ε)``.
+    """
+    xtx, sums, counts = state.stats.xtx, state.stats.xty, state.counts
+    seen = counts > 0
+    means = sums / jnp.where(seen, counts, 1.0)                               # (d, c)
+    scatter = xtx - (means * counts) @ means.T                                # Σ_x xxᵀ - Σ_c n_c μ_c μ_cᵀ
+    cov = scatter / jnp.maximum(jnp.sum(counts), 1.0)
+    precision_means = ridge_solve(cov, means, shrinkage / (1.0 - shrinkage)) / (1.0 - shrinkage)
+    bias = -0.5 * jnp.sum(means * precision_means, axis=0)
+    logits = x.astype(xtx.dtype) @ precision_means + bias
+    return jnp.where(seen, logits, -jnp.inf)
+
+
+class SLDA(_Classifier):
+    """Streaming LDA with shrinkage ``ε`` (default 1e-4, the paper's). Verbs: ``partial_fit``/``predict``/``score``."""
+
+    def __init__(self, shrinkage: float = 1e-4, dtype: Any = None) -> None:
+        shrinkage = float(shrinkage)
+        if not 0.0 < shrinkage < 1.0:
+            raise ValueError(f"shrinkage must lie in (0, 1), got {shrinkage!r}")
+        self.shrinkage, self.dtype = shrinkage, dtype
+        self.state_: SLDAState | None = None
+
+    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> SLDA:
+        state = self.state_ if self.state_ is not None else slda_init(check_features(x).shape[1], self.dtype)
+        if classes is not None:
+            check_labels(y, classes=int(classes))
+        self.state_ = slda_update(state, x, y)
+        return self
+
+    def decision_function(self, x: Any) -> jax.Array:
+        if self.state_ is None:
+            raise RuntimeError("SLDA is not fitted yet; call partial_fit first")
+        return slda_predict(self.state_, check_features(x, dim=self.state_.stats.dim), self.shrinkage)
+
+
+# -- fine-tuning with optional replay --------------------------------------------------------------------------------
+def _init_head(key: jax.Array, dim: int, hidden: int, classes: int) -> dict[str, jax.Array]:
+    if hidden == 0:
+        return {"w_out": jnp.zeros((dim, classes), jnp.float32), "b_out": jnp.zeros((classes,), jnp.float32)}
+    w = jax.random.normal(key, (dim, hidden), jnp.float32) * jnp.sqrt(2.0 / dim)
+    return {"w_hidden": w, "b_hidden": jnp.zeros((hidden,), jnp.float32),
+            "w_out": jnp.zeros((hidden, classes), jnp.float32), "b_out": jnp.zeros((classes,), jnp.float32)}
+
+
+def _head_logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+    h = jax.nn.relu(x @ params["w_hidden"] + params["b_hidden"]) if "w_hidden" in params else x
+    return h @ params["w_out"] + params["b_out"]
+
+
+class FineTune(_Classifier):
+    """Gradient-trained head (softmax cross-entropy, optax Adam) updated only on what ``partial_fit`` receives.
+
+    Args:
+      hidden: 0 for a linear head, else the width of one ReLU hidden layer.
+      epochs: passes over each incoming batch (plus the replay sample).
+      replay: capacity of the reservoir buffer of past ``(x, y)``; 0 = plain fine-tuning.
+      batch_size, learning_rate, seed: SGD settings; the seed fixes init, shuffling and reservoir choices.
+
+    New classes add zero-initialised output columns; the optimizer state is reset when the head grows.
+    """
+
+    def __init__(self, hidden: int = 0, epochs: int = 5, replay: int = 0, batch_size: int = 32,
+                 learning_rate: float = 1e-2, seed: int = 0) -> None:
+        for name, value, low in (("hidden", hidden, 0), ("epochs", epochs, 1), ("replay", replay, 0),
+                                 ("batch_size", batch_size, 1)):
+            if int(value) < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.hidden, self.epochs, self.replay, self.batch_size = int(hidden), int(epochs), int(replay), batch_size
+        self.learning_rate = check_gamma(learning_rate, "learning_rate")
+        self.tx = optax.adam(self.learning_rate)
+        self._rng = np.random.default_rng(seed)
+        self._key = jax.random.PRNGKey(seed)
+        self.params_: dict[str, jax.Array] | None = None
+        self._opt_state: Any = None
+        self._memory_x: np.ndarray | None = None
+        self._memory_y = np.zeros((0,), np.int64)
+        self._stream_seen = 0
+        self._step = jax.jit(self._make_step())
+
+    def _make_step(self) -> Any:
+        tx = self.tx
+
+        def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, weight: jax.Array) -> tuple[Any, Any]:
+            def loss_fn(p: Any) -> jax.Array:
+                losses = optax.softmax_cross_entropy_with_integer_labels(_head_logits(p, x), y)
+                return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+            grads = jax.grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        return step
+
+    @property
+    def classes_(self) -> int:
+        return 0 if self.params_ is None else self.params_["b_out"].shape[0]
+
+    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> FineTune:
+        """Train on ``x: (n, d)``, ``y: (n,)`` (and the replay buffer); inputs are checked before any change."""
+        dim = None if self.params_ is None else self.params_[("w_hidden" if self.hidden else "w_out")].shape[0]
+        x = np.asarray(check_features(x, dim=dim), np.float32)
+        ids = check_labels(y, classes=None if classes is None else int(classes), n=x.shape[0])
+        width = max(self.classes_, int(ids.max()) + 1, int(classes or 0))
+        params, opt_state = self.params_, self._opt_state
+        if params is None:
+            self._key, key = jax.random.split(self._key)
+            params = _init_head(key, x.shape[1], self.hidden, width)
+        if width > params["b_out"].shape[0] or opt_state is None:
+            grow = width - params["b_out"].shape[0]
+            params = {**params, "w_out": jnp.pad(params["w_out"], ((0, 0), (0, grow))),
+                      "b_out": jnp.pad(params["b_out"], (0, grow))}
+            opt_state = self.tx.init(params)
+        train_x, train_y = x, ids
+        if self.replay and self._memory_y.size:
+            train_x = np.concatenate([x, self._memory_x])
+            train_y = np.concatenate([ids, self._memory_y])
+        for _ in range(self.epochs):
+            order = self._rng.permutation(train_y.size)
+            for start in range(0, order.size, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                pad = self.batch_size - idx.size  # fixed shapes: one compiled step; padded rows get weight 0
+                bx = np.pad(train_x[idx], ((0, pad), (0, 0)))
+                by = np.pad(train_y[idx], (0, pad))
+                weight = np.pad(np.ones(idx.size, np.float32), (0, pad))
+                params, opt_state = self._step(params, opt_state, bx, by, weight)
+        self.params_, self._opt_state = params, opt_state
+        if self.replay:
+            self._reservoir_add(x, ids)
+        return self
+
+    def _reservoir_add(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Reservoir sampling: after ``t`` stream samples each one is in the buffer with probability ``cap/t``."""
+        if self._memory_x is None:
+            self._memory_x = np.zeros((0, x.shape[1]), np.float32)
+        mem_x, mem_y = list(self._memory_x), list(self._memory_y)
+        for xi, yi in zip(x, y):
+            self._stream_seen += 1
+            if len(mem_y) < self.replay:
+                mem_x.append(xi)
+                mem_y.append(yi)
+            else:
+                slot = self._rng.integers(0, self._stream_seen)
+                if slot < self.replay:
+                    mem_x[slot], mem_y[slot] = xi, yi
+        self._memory_x = np.asarray(mem_x, np.float32).reshape(-1, x.shape[1])
+        self._memory_y = np.asarray(mem_y, np.int64)
+
+    @property
+    def memory_size(self) -> int:
+        return int(self._memory_y.size)
+
+    def decision_function(self, x: Any) -> jax.Array:
+        if self.params_ is None:
+            raise RuntimeError("FineTune is not fitted yet; call partial_fit first")
+        dim = self.params_["w_hidden" if self.hidden else "w_out"].shape[0]
+        return _head_logits(self.params_, jnp.asarray(check_features(x, dim=dim), jnp.float32))
