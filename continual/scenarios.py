@@ -123,7 +123,8 @@ def si_blurry(
     1. Classes are permuted with ``seed``; the first ``round(disjoint_ratio * C)`` are *disjoint* classes, the
        rest *blurry* classes.
     2. Disjoint classes are cut into ``tasks`` consecutive groups at sorted random cut points
-       (``stochastic=True``, so tasks hold different numbers of classes, possibly none) or evenly
+       (``stochastic=True``, so tasks hold different numbers of classes -- at least one each when there are
+       as many disjoint classes as tasks) or evenly
        (``stochastic=False``). All samples of a disjoint class go to its task.
     3. Blurry classes are dealt evenly to home tasks. ``floor(blurry_ratio * N_blurry)`` of the blurry classes'
        samples (``N_blurry`` of them in total), drawn at random, leak: each is moved to a uniformly drawn task
@@ -144,9 +145,12 @@ def si_blurry(
     order = rng.permutation(classes)
     n_disjoint = round(disjoint_ratio * classes.size)
     disjoint, blurry = order[:n_disjoint], order[n_disjoint:]
-    if stochastic:
-        cuts = np.sort(rng.integers(0, n_disjoint + 1, size=tasks - 1))
+    if stochastic and n_disjoint >= tasks:
+        # Distinct interior cut points: task sizes vary but every task keeps at least one disjoint class.
+        cuts = np.sort(rng.choice(np.arange(1, n_disjoint), size=tasks - 1, replace=False))
         disjoint_groups = np.split(disjoint, cuts)
+    elif stochastic:
+        disjoint_groups = np.split(disjoint, np.sort(rng.integers(0, n_disjoint + 1, size=tasks - 1)))
     else:
         disjoint_groups = np.array_split(disjoint, tasks)
     home = np.full(classes.max() + 1, -1, dtype=np.int64)
