@@ -1,0 +1,89 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analytic import GramStats, gram_accumulate, gram_init, gram_merge, gram_solve, gram_update, row_bucket
+
+from .helpers import joint_ridge, rel_err, stream
+
+
+def _close(a: GramStats, b: GramStats, tol: float) -> None:
+    assert a.xty.shape == b.xty.shape
+    np.testing.assert_allclose(a.xtx, b.xtx, rtol=0, atol=tol * float(jnp.abs(b.xtx).max()))
+    np.testing.assert_allclose(a.xty, b.xty, rtol=0, atol=tol * float(jnp.abs(b.xty).max()))
+    assert int(a.count) == int(b.count)
+
+
+def test_gram_equals_xtx_and_grows_classes_mid_stream():
+    x, y = stream(0)
+    stats = gram_init(x.shape[1])
+    for part in np.array_split(np.arange(len(y)), 7):
+        stats = gram_update(stats, x[part], y[part])
+    np.testing.assert_allclose(stats.xtx, x.T @ x, rtol=1e-12)
+    np.testing.assert_allclose(stats.xty, x.T @ np.eye(8)[y], rtol=1e-12, atol=1e-12)
+    assert int(stats.count) == len(y) and stats.classes == 8
+
+
+def test_gram_merge_is_associative_and_commutative():
+    # Float64 sums in a different order differ only by rounding: 1e-13 relative to the largest entry.
+    x, y = stream(1)
+    parts = np.array_split(np.random.default_rng(1).permutation(len(y)), 3)
+    a, b, c = (gram_update(gram_init(x.shape[1]), x[p], y[p]) for p in parts)
+    _close(gram_merge(gram_merge(a, b), c), gram_merge(a, gram_merge(b, c)), 1e-13)
+    _close(gram_merge(a, b), gram_merge(b, a), 1e-13)
+    _close(gram_merge(a, gram_init(x.shape[1])), a, 0.0)          # identity element
+    whole = gram_update(gram_init(x.shape[1]), x, y)
+    _close(gram_merge(gram_merge(a, b), c), whole, 1e-13)
+
+
+def test_zero_row_padding_is_exact():
+    # The public update pads a short batch with zero rows; compare against the unpadded product bit for bit on
+    # data whose products are exact in float64 (small integers), so any contribution of the padding would show.
+    rng = np.random.default_rng(2)
+    x = rng.integers(-3, 4, (13, 5)).astype(np.float64)
+    y = rng.integers(0, 3, 13)
+    padded = gram_update(gram_init(5), x, y)
+    assert row_bucket(13) > 13
+    exact = gram_accumulate(gram_init(5, 3), jnp.asarray(x), jax.nn.one_hot(y, 3, dtype=jnp.float64))
+    assert np.array_equal(padded.xtx, exact.xtx) and np.array_equal(padded.xty, exact.xty)
+    assert int(padded.count) == 13
+
+
+def test_fixed_batch_shape_compiles_once_and_short_tail_once_more():
+    x, y = stream(3, n=64 * 10 + 17, d=16, classes=4)
+    stats = gram_update(gram_init(16, 4), x[:64], y[:64])       # warm the 64-row program
+    before = gram_accumulate._cache_size()
+    for i in range(64, 640, 64):
+        stats = gram_update(stats, x[i:i + 64], y[i:i + 64])
+    assert gram_accumulate._cache_size() == before             # no recompilation per batch
+    stats = gram_update(stats, x[640:], y[640:])                # 17-row tail: padded to 24 rows, one program
+    stats = gram_update(stats, x[600:619], y[600:619])          # 19 rows share the 24-row program
+    assert gram_accumulate._cache_size() == before + 1
+    assert int(stats.count) == len(y) + 19
+
+
+def test_row_bucket_bounds_waste():
+    for n in range(1, 5000):
+        b = row_bucket(n)
+        assert b >= n and (n <= 64 or b <= 1.26 * n)
+    assert len({row_bucket(n) for n in range(1, 4097)}) < 60      # a bounded number of programs
+
+
+def test_float32_blocks_into_float64_accumulators():
+    # compute_dtype=float32 is the fast CPU path: each block product carries float32 rounding (~1e-7 relative),
+    # the running sum does not grow it further because it is kept in float64.
+    x, y = stream(4, n=2000, d=32)
+    stats = gram_init(32)
+    for part in np.array_split(np.arange(len(y)), 20):
+        stats = gram_update(stats, x[part], y[part], compute_dtype=jnp.float32)
+    assert stats.xtx.dtype == jnp.float64
+    assert rel_err(stats.xtx, x.T @ x) < 1e-6
+    assert rel_err(gram_solve(stats, 1.0), joint_ridge(x, y, 1.0)) < 1e-5
+
+
+def test_gram_merge_refuses_mismatched_dims_and_dtypes():
+    with pytest.raises(ValueError, match="dims differ"):
+        gram_merge(gram_init(3), gram_init(4))
+    with pytest.raises(TypeError, match="dtypes differ"):
+        gram_merge(gram_init(3, dtype=jnp.float32), gram_init(3, dtype=jnp.float64))

@@ -1,0 +1,68 @@
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analytic import RidgeSolveWarning, ridge_fit, ridge_solve
+
+from .helpers import joint_ridge, rel_err
+
+
+@pytest.mark.parametrize("shape", [(40, 10), (10, 40)])
+def test_dual_and_primal_ridge_fit_agree_with_joint_ridge(shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    y = rng.integers(0, 4, shape[0])
+    primal = ridge_fit(x, y, 0.3, form="primal")
+    dual = ridge_fit(x, y, 0.3, form="dual")
+    auto = ridge_fit(x, y, 0.3)
+    ref = joint_ridge(x, y, 0.3)
+    assert rel_err(primal, ref) < 1e-10 and rel_err(dual, ref) < 1e-10 and rel_err(auto, ref) < 1e-10
+
+
+def test_ill_conditioned_gram_gives_finite_answer_and_warns():
+    # Gram with eigenvalues spanning 12 decades (condition number 1e12 with γ = 1e-12).
+    rng = np.random.default_rng(1)
+    q, _ = np.linalg.qr(rng.standard_normal((30, 30)))
+    gram = (q * np.logspace(0, -12, 30)) @ q.T
+    gram = 0.5 * (gram + gram.T)
+    rhs = rng.standard_normal((30, 3))
+    with pytest.warns(RidgeSolveWarning, match="ill-conditioned"):
+        w = ridge_solve(gram, rhs, 1e-12)
+    assert np.isfinite(np.asarray(w)).all()
+    # The answer is still the solution of the system it was given, to the accuracy the conditioning allows.
+    residual = (gram + 1e-12 * np.eye(30)) @ np.asarray(w) - rhs
+    assert np.linalg.norm(residual) / np.linalg.norm(rhs) < 1e-3
+
+
+def test_indefinite_system_falls_back_to_eigh_and_warns():
+    # A "Gram" with a negative eigenvalue (what a careless subtraction produces): Cholesky fails.
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
+    gram = (q * np.array([5, 4, 3, 2, 1, 0.5, 0.1, -2.0])) @ q.T
+    with pytest.warns(RidgeSolveWarning, match="fell back to eigh"):
+        w = ridge_solve(gram, np.ones((8, 2)), 0.1)
+    assert np.isfinite(np.asarray(w)).all()
+
+
+def test_well_conditioned_solve_is_silent_and_exact():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((100, 20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        w = ridge_solve(x.T @ x, x.T @ x[:, :3], 1.0)
+    assert rel_err(w, joint_ridge(x, x[:, :3], 1.0)) < 1e-12
+
+
+@pytest.mark.parametrize("gamma", [0.0, -1.0, float("nan"), float("inf")])
+def test_ridge_solve_refuses_bad_gamma(gamma):
+    with pytest.raises(ValueError, match="gamma"):
+        ridge_solve(jnp.eye(3), jnp.ones((3, 1)), gamma)
+
+
+def test_ridge_solve_refuses_bad_shapes():
+    with pytest.raises(ValueError, match="square"):
+        ridge_solve(jnp.ones((3, 4)), jnp.ones((3, 1)), 1.0)
+    with pytest.raises(ValueError, match="xty"):
+        ridge_solve(jnp.eye(3), jnp.ones((4, 1)), 1.0)
