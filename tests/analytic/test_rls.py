@@ -58,7 +58,8 @@ def test_rls_zero_row_padding_is_exact_and_fixed_shape_compiles_once():
     x, y = stream(7, n=200, d=12, classes=3)
     t = jax.nn.one_hot(y, 3, dtype=jnp.float64)
     a = rls_step(rls_init(12, 3, 1.0), jnp.asarray(x[:13]), t[:13])
-    b = rls_step(rls_init(12, 3, 1.0), jnp.pad(jnp.asarray(x[:13]), ((0, 3), (0, 0))), jnp.pad(t[:13], ((0, 3), (0, 0))))
+    pad = ((0, 3), (0, 0))
+    b = rls_step(rls_init(12, 3, 1.0), jnp.pad(jnp.asarray(x[:13]), pad), jnp.pad(t[:13], pad))
     # Padded rows add identity rows to K = I + XRXᵀ; the factorization of a block-diagonal matrix is blockwise,
     # so the only difference is floating summation order over a few exact zeros: 1e-14.
     assert rel_err(b.weight, a.weight) < 1e-14 and rel_err(b.inv_autocorr, a.inv_autocorr) < 1e-14
