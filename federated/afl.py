@@ -21,14 +21,14 @@ Authors' code (METHODS.md 2b): client Grams in float32 (``client_stats(..., dtyp
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import GramStats, gram_init, gram_merge, gram_update, ridge_solve
+from analytic import GramStats, gram_accumulate, gram_init, gram_merge, ridge_solve
 from analytic.dtypes import resolve_dtype
 from analytic.solve import cholesky_ridge_solve
 from analytic.validation import check_features, check_gamma, check_labels
@@ -38,7 +38,8 @@ from federated.validation import screen
 
 __all__ = [
     "AFLServerState", "AFLResult", "client_stats", "server_init", "server_update", "server_solve", "aggregate",
-    "aggregate_pairwise", "remove_regularization", "communication", "predict",
+    "aggregate_pairwise", "remove_regularization", "merge_uploads", "communication", "predict", "pad_client_data",
+    "padded_rows",
 ]
 
 
@@ -58,6 +59,31 @@ class AFLResult(NamedTuple):
     excluded: dict[Any, str]
 
 
+def padded_rows(n: int) -> int:
+    """Rows a client batch is zero-padded to: a power of two (≥ 8). Zero rows add nothing to a Gram, and a
+    simulation of 1000 clients of different sizes then compiles a handful of programs instead of one per size."""
+    return max(8, 1 << max(0, int(n) - 1).bit_length())
+
+
+def pad_client_data(
+    x: Any, y: Any, classes: int, dtype: Any, name: str = "client"
+) -> tuple[jax.Array, jax.Array, int]:
+    """Validate a client's ``x: (n, d)`` and labels ``y: (n,)`` and return ``(x, one-hot Y, n)`` zero-padded to
+    :func:`padded_rows` rows (padding rows have zero features and zero targets). ``n = 0`` is allowed."""
+    x = np.asarray(x) if not hasattr(x, "dtype") else x
+    n = int(np.shape(x)[0]) if np.ndim(x) == 2 else -1
+    labels = check_labels(y, name=f"{name} y", classes=classes, n=n) if n > 0 else np.zeros(0, np.int64)
+    rows = padded_rows(max(n, 0))
+    padded = np.zeros((rows, *np.shape(x)[1:]), np.asarray(x).dtype) if n >= 0 else x
+    if n > 0:
+        padded[:n] = np.asarray(x)
+    # Validation runs on the padded array so that its (jitted) finiteness check compiles once per bucket.
+    features = check_features(padded, name=f"{name} x (zero-padded from {n} to {rows} rows)").astype(dtype)
+    targets = np.zeros((rows, classes), dtype)
+    targets[np.arange(labels.size), labels] = 1.0
+    return features, jnp.asarray(targets), max(n, 0)
+
+
 def client_stats(
     x: Any, y: Any, gamma: float, classes: int, client_id: int = 0, dtype: Any = None, compute_dtype: Any = None
 ) -> AFLUpload:
@@ -68,11 +94,9 @@ def client_stats(
     """
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
-    x = check_features(x, allow_empty=True)
-    labels = check_labels(y, classes=classes, n=x.shape[0]) if x.shape[0] else np.zeros(0, np.int64)
-    stats = gram_init(x.shape[1], classes, dt)
-    if x.shape[0]:
-        stats = gram_update(stats, x.astype(dt), labels, compute_dtype=compute_dtype)
+    features, targets, n = pad_client_data(x, y, classes, dt, name=f"client {client_id}")
+    cd = None if compute_dtype is None else resolve_dtype(compute_dtype)
+    stats = gram_accumulate(gram_init(features.shape[1], classes, dt), features, targets, jnp.int32(n), cd)
     return AFLUpload(int(client_id), np.asarray(stats.xtx), np.asarray(stats.xty), int(stats.count), gamma)
 
 
@@ -87,6 +111,25 @@ def _accept(state: AFLServerState, messages: Iterable[AFLUpload], validate: bool
     return screen(messages, kind=AFLUpload, dim=state.stats.dim, seen=state.clients, **checks)
 
 
+def merge_uploads(stats: GramStats, uploads: Sequence[Any], gram: str = "xtx", cross: str = "xty") -> GramStats:
+    """``stats ⊕ Σₖ (uploadₖ.gram, uploadₖ.cross, uploadₖ.count)`` -- the sum form of the AA law for any upload
+    type (AFL uploads, DeepAFL's ``ΦᵀΦ, ΦᵀY`` and ``FᵀF, FᵀR``); narrower cross-moments are zero-padded."""
+    if not uploads:
+        return stats
+    dt = np.dtype(stats.xtx.dtype)
+    classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
+    # The sum runs in place on the host: one device transfer per wave instead of one per client.
+    xtx = np.zeros((stats.dim, stats.dim), dt)
+    xty = np.zeros((stats.dim, classes), dt)
+    count = 0
+    for m in uploads:
+        g, r = getattr(m, gram), getattr(m, cross)
+        np.add(xtx, g, out=xtx)
+        np.add(xty[:, : r.shape[1]], r, out=xty[:, : r.shape[1]])
+        count += m.count
+    return gram_merge(stats, GramStats(jnp.asarray(xtx), jnp.asarray(xty), jnp.asarray(count, jnp.int32)))
+
+
 def server_update(
     state: AFLServerState, messages: Iterable[AFLUpload], *, validate: bool = True, **checks: Any
 ) -> tuple[AFLServerState, dict[Any, str]]:
@@ -97,18 +140,7 @@ def server_update(
     accepted, excluded = _accept(state, messages, validate, **checks)
     if not accepted:
         return state, excluded
-    dt = np.dtype(state.stats.xtx.dtype)
-    classes = max(state.stats.classes, *(m.xty.shape[1] for m in accepted))
-    # The sum runs in place on the host: one device transfer for the wave instead of one per client.
-    xtx = np.zeros((state.stats.dim, state.stats.dim), dt)
-    xty = np.zeros((state.stats.dim, classes), dt)
-    count = 0
-    for m in accepted:
-        np.add(xtx, m.xtx, out=xtx)
-        np.add(xty[:, : m.xty.shape[1]], m.xty, out=xty[:, : m.xty.shape[1]])
-        count += m.count
-    wave = GramStats(jnp.asarray(xtx), jnp.asarray(xty), jnp.asarray(count, jnp.int32))
-    stats = gram_merge(state.stats, wave)
+    stats = merge_uploads(state.stats, accepted)
     gamma_sum = state.gamma_sum + float(sum(m.gamma for m in accepted))
     return AFLServerState(stats, gamma_sum, state.clients + tuple(m.client_id for m in accepted)), excluded
 

@@ -1,0 +1,335 @@
+"""DeepAFL: deep analytic federated learning with residual random blocks (Tang et al., 2026; METHODS.md §3).
+
+Shared by seed: an input layer ``Φ₀ = σ₀(XA + b)`` and ``T`` random blocks ``Fₜ = σ(ΦₜBₜ + cₜ)``
+(:class:`analytic.RandomBuffer`, biases on, PyTorch ``nn.Linear`` init as in the authors' code). For t = 0..T:
+
+- classifier ``Wₜ = (ΦₜᵀΦₜ + λI)⁻¹ΦₜᵀY`` from the summed client Grams (``analytic.ridge_solve``);
+- residual ``Rₜ = Y − ΦₜWₜ``; ``Ωₜ = argmin ‖Rₜ − FₜΩWₜ‖² + γ‖Ω‖²``, i.e. ``FᵀF Ω WWᵀ + γΩ = FᵀR Wᵀ``, solved by
+  :func:`omega_solve`; then ``Φₜ₊₁ = Φₜ + FₜΩₜ``.
+
+Prediction uses the last layer: ``Φ_T W_T``. Clients send ``ΦₜᵀΦₜ, ΦₜᵀY`` and ``FₜᵀFₜ, FₜᵀRₜ`` (2T + 1 rounds,
+:mod:`federated.messages`); every quantity is a sum over clients, so the model equals the one trained on the pooled
+data for any partition. The authors' settings: ``d_Φ = d_F = 1024, T = 20, λ = 1, γ = 0.05``, GELU blocks, a tanh
+input layer whatever the block activation, float32 throughout (``dtype=np.float32``).
+
+Layers: :class:`DeepAFLClient` / :class:`DeepAFLServer` speak the messages (a Flower app can wrap them);
+:func:`run_federated` drives them; :func:`fit_centralized` trains on pooled data; :class:`DeepAFL` is the
+scikit-learn style wrapper (``fit``, ``fit_federated``, ``predict``, ``score``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analytic import RandomBuffer, gram_accumulate, gram_init, gram_update, ridge_fit, ridge_solve
+from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.validation import check_features, check_gamma, check_labels
+from federated import messages as msg
+from federated.afl import merge_uploads, pad_client_data
+from federated.comm import CommLog
+from federated.validation import screen
+
+__all__ = ["DeepAFLModel", "make_layers", "omega_solve", "forward", "fit_centralized", "DeepAFLClient",
+           "DeepAFLServer", "run_federated", "DeepAFL"]
+
+
+class DeepAFLModel(NamedTuple):
+    """``input_layer`` (Φ₀), ``blocks`` (T RandomBuffers), ``omegas`` (T × ``(d_F, d_Φ)``), ``weight`` W_T ``(d_Φ, c)``.
+    """
+
+    input_layer: RandomBuffer
+    blocks: tuple[RandomBuffer, ...]
+    omegas: tuple[jax.Array, ...]
+    weight: jax.Array
+
+
+def make_layers(setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None):
+    """The shared random layers ``(Φ₀ layer, (F₀..F_{T−1}))`` from ``setup.seed`` -- identical on every host."""
+    return _make_layers(setup, init, resolve_dtype(dtype))
+
+
+# Simulated clients in one process share the draw; real clients each rebuild it from the seed.
+@functools.lru_cache(maxsize=4)
+def _make_layers(setup: msg.DeepAFLSetup, init: str, dtype: np.dtype):
+    keys = jax.random.split(jax.random.PRNGKey(int(setup.seed)), int(setup.layers) + 1)
+    first = RandomBuffer(setup.in_dim, setup.phi_dim, setup.input_activation, keys[0], init, True, dtype)
+    blocks = tuple(RandomBuffer(setup.phi_dim, setup.block_dim, setup.activation, k, init, True, dtype)
+                   for k in keys[1:])
+    return first, blocks
+
+
+@functools.partial(jax.jit, static_argnames=("thin",))
+def omega_solve(
+    block_gram: jax.Array, block_residual: jax.Array, weight: jax.Array, gamma: Any, thin: bool = True
+) -> jax.Array:
+    """``Ω (d_F, d_Φ)`` solving ``FᵀF Ω WWᵀ + γΩ = FᵀR Wᵀ`` (DeepAFL, Tang et al. 2026, the Ω sub-problem).
+
+    With ``FᵀF = U₁Λ₁U₁ᵀ`` and ``WWᵀ = U₂Λ₂U₂ᵀ`` the equation decouples: ``Ω = U₁[(U₁ᵀFᵀRWᵀU₂) ⊘ (λ₁ᵢλ₂ⱼ + γ)]U₂ᵀ``
+    (equivalently ``(WWᵀ ⊗ FᵀF + γI) vec Ω = vec(FᵀRWᵀ)``, a ``d_F·d_Φ`` system, tested against this).
+    ``thin=False`` is that literal form (``eigh`` of the ``d_Φ×d_Φ`` matrix ``WWᵀ``). ``thin=True`` (default)
+    takes the second eigendecomposition from the ``c×c`` matrix ``WᵀW = VΛ₂Vᵀ`` instead: the eigenvectors of
+    ``WWᵀ`` with λ₂ ≠ 0 are ``WVΛ₂^{-1/2}``, the others meet a zero right-hand side, so
+    ``Ω = U₁[(U₁ᵀFᵀRV) ⊘ (λ₁ᵢλ₂ⱼ + γ)]VᵀWᵀ`` exactly, at ``O(d_F³ + d_F·d_Φ·c)`` instead of
+    ``O(d_F³ + d_Φ³)``. Specific to DeepAFL's sandwiched least squares, so it lives here, not in the core.
+    """
+    lam1, u1 = jnp.linalg.eigh(0.5 * (block_gram + block_gram.T))
+    if thin:
+        lam2, v = jnp.linalg.eigh(jnp.matmul(weight.T, weight, precision=HIGHEST))
+        rhs, right = jnp.matmul(block_residual, v, precision=HIGHEST), jnp.matmul(v.T, weight.T, precision=HIGHEST)
+    else:
+        lam2, u2 = jnp.linalg.eigh(jnp.matmul(weight, weight.T, precision=HIGHEST))
+        rhs = jnp.matmul(block_residual, jnp.matmul(weight.T, u2, precision=HIGHEST), precision=HIGHEST)
+        right = u2.T
+    # Both matrices are PSD; rounding can leave eigenvalues at -1e-16·λmax, which must not cancel γ.
+    lam1, lam2 = jnp.maximum(lam1, 0.0), jnp.maximum(lam2, 0.0)
+    core = jnp.matmul(u1.T, rhs, precision=HIGHEST) / (lam1[:, None] * lam2[None, :] + gamma)
+    return jnp.matmul(jnp.matmul(u1, core, precision=HIGHEST), right, precision=HIGHEST)
+
+
+@jax.jit
+def _advance(block: RandomBuffer, phi: jax.Array, omega: jax.Array) -> jax.Array:
+    return phi + jnp.matmul(block(phi), omega, precision=HIGHEST)
+
+
+@jax.jit
+def forward(model: DeepAFLModel, x: jax.Array) -> jax.Array:
+    """Logits ``Φ_T W_T`` for ``x: (n, d)`` (no validation; see :meth:`DeepAFL.decision_function`)."""
+    phi = model.input_layer(x)
+    for block, omega in zip(model.blocks, model.omegas):
+        phi = phi + jnp.matmul(block(phi), omega, precision=HIGHEST)
+    return jnp.matmul(phi, model.weight, precision=HIGHEST)
+
+
+def _check_setup(setup: msg.DeepAFLSetup) -> msg.DeepAFLSetup:
+    for name in ("in_dim", "classes", "phi_dim", "block_dim"):
+        if int(getattr(setup, name)) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(setup, name)!r}")
+    if int(setup.layers) < 0:
+        raise ValueError(f"layers (T) must be >= 0, got {setup.layers!r}")
+    check_gamma(setup.lam, "lam")
+    check_gamma(setup.gamma, "gamma")
+    return setup
+
+
+def fit_centralized(
+    x: Any, y: Any, setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None
+) -> DeepAFLModel:
+    """DeepAFL on pooled data ``x: (n, d)``, labels ``y: (n,)`` -- the reference the federated run must equal."""
+    _check_setup(setup)
+    dt = resolve_dtype(dtype)
+    x = check_features(x, dim=setup.in_dim).astype(dt)
+    labels = check_labels(y, classes=setup.classes, n=x.shape[0])
+    targets = jax.nn.one_hot(jnp.asarray(labels), setup.classes, dtype=dt)
+    first, blocks = make_layers(setup, init, dt)
+    phi, omegas = first(x), []
+    for block in blocks:
+        w = ridge_fit(phi, targets, setup.lam, form="primal")
+        residual = targets - jnp.matmul(phi, w, precision=HIGHEST)
+        stats = gram_update(gram_init(setup.block_dim, setup.classes, dt), block(phi), residual)
+        omegas.append(omega_solve(stats.xtx, stats.xty, w, setup.gamma))
+        phi = _advance(block, phi, omegas[-1])
+    w = ridge_fit(phi, targets, setup.lam, form="primal")
+    return DeepAFLModel(first, blocks, tuple(omegas), w)
+
+
+@jax.jit
+def _masked_stats(features: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(FᵀF, FᵀT)`` over the real rows only (``mask`` is 1 on real rows, 0 on padding)."""
+    dim, width = features.shape[1], targets.shape[1]
+    stats = gram_accumulate(gram_init(dim, width, features.dtype), features * mask[:, None], targets)
+    return stats.xtx, stats.xty
+
+
+@jax.jit
+def _block_stats(block: RandomBuffer, phi: jax.Array, targets: jax.Array, weight: jax.Array, mask: jax.Array):
+    """``Fₜ = σ(ΦₜBₜ + cₜ)`` and the block upload ``(FₜᵀFₜ, FₜᵀRₜ)`` with ``Rₜ = Y − ΦₜWₜ`` (padding masked)."""
+    features = block(phi)
+    residual = (targets - jnp.matmul(phi, weight, precision=HIGHEST)) * mask[:, None]
+    return (features, *_masked_stats(features, residual, mask))
+
+
+@jax.jit
+def _add_product(phi: jax.Array, features: jax.Array, omega: jax.Array) -> jax.Array:
+    return phi + jnp.matmul(features, omega, precision=HIGHEST)
+
+
+class DeepAFLClient:
+    """One client: holds its rows and its current ``Φₜ``; answers each server broadcast with an upload.
+
+    Rows are zero-padded to a power of two and masked out of every statistic, so a simulation of many clients of
+    different sizes reuses a few compiled programs; a client may hold no rows (it then uploads zeros).
+    """
+
+    def __init__(self, client_id: int, x: Any, y: Any, setup: msg.DeepAFLSetup, init: str = "torch_linear",
+                 dtype: Any = None) -> None:
+        _check_setup(setup)
+        self.client_id, self.setup, self.dtype = int(client_id), setup, resolve_dtype(dtype)
+        x, self.targets, self.count = pad_client_data(x, y, setup.classes, self.dtype, name=f"client {client_id}")
+        if x.shape[1] != setup.in_dim:
+            raise ValueError(f"client {client_id} x has {x.shape[1]} features, the setup says {setup.in_dim}")
+        self.mask = jnp.asarray(np.arange(x.shape[0]) < self.count, self.dtype)
+        self.first, self.blocks = make_layers(setup, init, self.dtype)
+        self.phi = self.first(x)
+        self.layer = 0
+        self._block_out: jax.Array | None = None
+
+    def classifier_upload(self) -> msg.DeepAFLClassifierUpload:
+        gram, cross = _masked_stats(self.phi, self.targets, self.mask)
+        return msg.DeepAFLClassifierUpload(self.client_id, self.layer, np.asarray(gram), np.asarray(cross), self.count)
+
+    def block_upload(self, broadcast: msg.DeepAFLClassifierBroadcast) -> msg.DeepAFLBlockUpload:
+        if broadcast.layer != self.layer:
+            raise ValueError(f"client {self.client_id}: broadcast for layer {broadcast.layer}, at layer {self.layer}")
+        weight = jnp.asarray(broadcast.weight, self.dtype)
+        self._block_out, gram, cross = _block_stats(self.blocks[self.layer], self.phi, self.targets, weight,
+                                                    self.mask)
+        return msg.DeepAFLBlockUpload(self.client_id, self.layer, np.asarray(gram), np.asarray(cross), self.count)
+
+    def apply_block(self, broadcast: msg.DeepAFLBlockBroadcast) -> None:
+        if broadcast.layer != self.layer or self._block_out is None:
+            raise ValueError(f"client {self.client_id}: block broadcast for layer {broadcast.layer} out of order")
+        self.phi = _add_product(self.phi, self._block_out, jnp.asarray(broadcast.omega, self.dtype))
+        self._block_out, self.layer = None, self.layer + 1
+
+
+class DeepAFLServer:
+    """The server: screens uploads, sums them (``merge_uploads``), solves ``Wₜ`` / ``Ωₜ``, logs bytes.
+
+    A client rejected in any round is left out of every later round (its statistics would otherwise be mixed
+    with a model it did not contribute to); ``excluded`` maps its id to the reason.
+    """
+
+    def __init__(self, setup: msg.DeepAFLSetup, dtype: Any = None, psd: str = "cholesky") -> None:
+        self.setup, self.dtype, self.psd = _check_setup(setup), resolve_dtype(dtype), psd
+        self.layer, self.weights, self.omegas = 0, [], []
+        self.excluded: dict[Any, str] = {}
+        self.comm = CommLog()
+
+    def _screen(self, uploads: Sequence[Any], kind: type, dim: int) -> list[Any]:
+        fresh = [u for u in uploads if getattr(u, "client_id", None) not in self.excluded]
+        ok, bad = screen(fresh, kind=kind, dim=dim, classes=self.setup.classes, layer=self.layer, psd=self.psd)
+        self.excluded.update(bad)
+        ok = [u for u in ok if u.client_id not in self.excluded]
+        if not ok:
+            raise ValueError(f"layer {self.layer}: no valid upload; excluded clients: {self.excluded}")
+        return ok
+
+    def _record(self, uploads: Sequence[Any], broadcast: Any) -> None:
+        self.comm.record_messages(uploads, broadcast, [u.client_id for u in uploads])
+
+    def classifier_round(self, uploads: Sequence[msg.DeepAFLClassifierUpload]) -> msg.DeepAFLClassifierBroadcast:
+        ok = self._screen(uploads, msg.DeepAFLClassifierUpload, self.setup.phi_dim)
+        stats = merge_uploads(gram_init(self.setup.phi_dim, self.setup.classes, self.dtype), ok, "phi_gram",
+                              "phi_target")
+        weight = ridge_solve(stats.xtx, stats.xty, self.setup.lam)
+        self.weights.append(weight)
+        out = msg.DeepAFLClassifierBroadcast(self.layer, np.asarray(weight))
+        self._record(uploads, out)
+        return out
+
+    def block_round(self, uploads: Sequence[msg.DeepAFLBlockUpload]) -> msg.DeepAFLBlockBroadcast:
+        ok = self._screen(uploads, msg.DeepAFLBlockUpload, self.setup.block_dim)
+        stats = merge_uploads(gram_init(self.setup.block_dim, self.setup.classes, self.dtype), ok, "block_gram",
+                              "block_residual")
+        omega = omega_solve(stats.xtx, stats.xty, self.weights[self.layer], self.setup.gamma)
+        self.omegas.append(omega)
+        out = msg.DeepAFLBlockBroadcast(self.layer, np.asarray(omega))
+        self._record(uploads, out)
+        self.layer += 1
+        return out
+
+    def model(self, init: str = "torch_linear") -> DeepAFLModel:
+        if len(self.weights) != self.setup.layers + 1:
+            raise ValueError(f"the protocol is at layer {self.layer} of {self.setup.layers}; run all 2T+1 rounds")
+        first, blocks = make_layers(self.setup, init, self.dtype)
+        return DeepAFLModel(first, blocks, tuple(self.omegas), self.weights[-1])
+
+
+def _round_trip(message: Any) -> Any:
+    return msg.from_arrays(message.to_arrays())
+
+
+def run_federated(
+    clients: Sequence[DeepAFLClient], server: DeepAFLServer,
+    transport: Callable[[Any], Any] | None = _round_trip, init: str = "torch_linear",
+) -> DeepAFLModel:
+    """Drive the 2T + 1 rounds. ``transport`` is applied to every upload and broadcast (default: a round trip
+    through ``to_arrays``/``from_arrays``, as on a wire); a client the server excluded gets no more broadcasts."""
+    send = transport or (lambda m: m)
+
+    def active() -> list[DeepAFLClient]:
+        return [c for c in clients if c.client_id not in server.excluded]
+
+    for t in range(server.setup.layers + 1):
+        weight = send(server.classifier_round([send(c.classifier_upload()) for c in active()]))
+        if t == server.setup.layers:
+            break
+        omega = send(server.block_round([send(c.block_upload(weight)) for c in active()]))
+        for c in active():
+            c.apply_block(omega)
+    return server.model(init)
+
+
+class DeepAFL:
+    """Scikit-learn style DeepAFL. Hyper-parameters as in METHODS.md §3 (authors' defaults).
+
+    ``fit(x, y)`` trains on pooled data; ``fit_federated([(x₁, y₁), ...])`` runs the message protocol over the
+    clients (``excluded_``, ``comm_`` report rejected clients and bytes). Both give the same model for the same
+    ``seed`` and data, whatever the partition.
+    """
+
+    def __init__(self, phi_dim: int = 1024, block_dim: int = 1024, layers: int = 20, lam: float = 1.0,
+                 gamma: float = 0.05, activation: str = "gelu", input_activation: str = "tanh",
+                 init: str = "torch_linear", seed: int = 0, dtype: Any = None) -> None:
+        self.phi_dim, self.block_dim, self.layers, self.lam, self.gamma = phi_dim, block_dim, layers, lam, gamma
+        self.activation, self.input_activation, self.init, self.seed, self.dtype = (
+            activation, input_activation, init, seed, dtype)
+
+    def setup(self, in_dim: int, classes: int) -> msg.DeepAFLSetup:
+        return _check_setup(msg.DeepAFLSetup(int(self.seed), int(in_dim), int(classes), int(self.phi_dim),
+                                             int(self.block_dim), int(self.layers), float(self.lam),
+                                             float(self.gamma), self.activation, self.input_activation))
+
+    def fit(self, x: Any, y: Any, classes: int | None = None) -> DeepAFL:
+        labels = check_labels(y, classes=classes)
+        setup = self.setup(np.shape(x)[1] if np.ndim(x) == 2 else -1, classes or int(labels.max()) + 1)
+        self.model_ = fit_centralized(x, labels, setup, self.init, self.dtype)
+        self.classes_ = setup.classes
+        return self
+
+    def fit_federated(self, client_data: Sequence[tuple[Any, Any]], classes: int | None = None,
+                      transport: Callable[[Any], Any] | None = _round_trip) -> DeepAFL:
+        if not client_data:
+            raise ValueError("client_data is empty")
+        if classes is None:
+            classes = 1 + max(int(check_labels(y, name=f"client {i} y").max())
+                              for i, (_, y) in enumerate(client_data) if np.size(y))
+        setup = self.setup(np.shape(client_data[0][0])[1], classes)
+        clients = [DeepAFLClient(i, x, y, setup, self.init, self.dtype) for i, (x, y) in enumerate(client_data)]
+        server = DeepAFLServer(setup, self.dtype)
+        self.model_ = run_federated(clients, server, transport, self.init)
+        self.classes_, self.excluded_, self.comm_ = classes, dict(server.excluded), server.comm.summary()
+        return self
+
+    @property
+    def coef_(self) -> jax.Array:
+        return self.model_.weight
+
+    def decision_function(self, x: Any) -> jax.Array:
+        if not hasattr(self, "model_"):
+            raise ValueError("DeepAFL is not fitted; call fit or fit_federated first")
+        x = check_features(x, dim=self.model_.input_layer.in_dim)
+        return forward(self.model_, x.astype(self.model_.weight.dtype))
+
+    def predict(self, x: Any) -> np.ndarray:
+        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
+
+    def score(self, x: Any, y: Any) -> float:
+        labels = check_labels(y, n=np.shape(x)[0])
+        return float(np.mean(self.predict(x) == labels))
