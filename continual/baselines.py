@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -137,6 +138,24 @@ def _head_logits(params: dict[str, jax.Array], x: jax.Array) -> jax.Array:
     return h @ params["w_out"] + params["b_out"]
 
 
+@functools.lru_cache(maxsize=8)
+def _adam_step(learning_rate: float) -> Any:
+    """Jitted Adam step on the weighted cross-entropy, one per learning rate, shared by all instances (so a new
+    ``FineTune`` does not recompile)."""
+    tx = optax.adam(learning_rate)
+
+    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, weight: jax.Array) -> tuple[Any, Any]:
+        def loss_fn(p: Any) -> jax.Array:
+            losses = optax.softmax_cross_entropy_with_integer_labels(_head_logits(p, x), y)
+            return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+        grads = jax.grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step)
+
+
 class FineTune(_Classifier):
     """Gradient-trained head (softmax cross-entropy, optax Adam) updated only on what ``partial_fit`` receives.
 
@@ -158,6 +177,7 @@ class FineTune(_Classifier):
         self.hidden, self.epochs, self.replay, self.batch_size = int(hidden), int(epochs), int(replay), batch_size
         self.learning_rate = check_gamma(learning_rate, "learning_rate")
         self.tx = optax.adam(self.learning_rate)
+        self._step = _adam_step(self.learning_rate)
         self._rng = np.random.default_rng(seed)
         self._key = jax.random.PRNGKey(seed)
         self.params_: dict[str, jax.Array] | None = None
@@ -165,21 +185,6 @@ class FineTune(_Classifier):
         self._memory_x: np.ndarray | None = None
         self._memory_y = np.zeros((0,), np.int64)
         self._stream_seen = 0
-        self._step = jax.jit(self._make_step())
-
-    def _make_step(self) -> Any:
-        tx = self.tx
-
-        def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array, weight: jax.Array) -> tuple[Any, Any]:
-            def loss_fn(p: Any) -> jax.Array:
-                losses = optax.softmax_cross_entropy_with_integer_labels(_head_logits(p, x), y)
-                return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-            grads = jax.grad(loss_fn)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
-
-        return step
 
     @property
     def classes_(self) -> int:

@@ -57,6 +57,7 @@ def run_protocol(
     phases: Sequence[Phase],
     batch_size: int | None = None,
     eval_every: int | None = None,
+    classes: int | None = None,
     progress: bool = False,
 ) -> RunResult:
     """Feed ``phases`` to ``learner`` in order and evaluate it; see :class:`RunResult`.
@@ -64,7 +65,9 @@ def run_protocol(
     batch_size: ``None`` hands each phase to ``partial_fit`` at once; an integer streams it in mini-batches of
     that size (:func:`continual.scenarios.online`). eval_every: sample the anytime accuracy whenever another
     ``eval_every`` stream samples have been learned (needs ``batch_size``; measured after the batch that crosses
-    the mark, on the test samples of the classes seen so far).
+    the mark, on the test samples of the classes seen so far). classes: forwarded to every ``partial_fit``
+    (scikit-learn's convention: the total class count, declared up front). Learners then allocate all output
+    columns at once -- one compiled program instead of one per width -- and must mask classes not seen yet.
     """
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
     x_test, y_test = np.asarray(x_test), np.asarray(y_test)
@@ -82,7 +85,7 @@ def run_protocol(
         phase = step if batch is None else batch.phase
         idx = phases[phase].indices if batch is None else batch.indices
         t0 = time.perf_counter()
-        learner.partial_fit(x_train[idx], y_train[idx])
+        learner.partial_fit(x_train[idx], y_train[idx], classes=classes)
         fit_seconds += time.perf_counter() - t0
         streamed += idx.size
         seen |= set(np.unique(y_train[idx]).tolist())
