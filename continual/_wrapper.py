@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import load_state, save_state
+from analytic import load_state, row_bucket, save_state
 from analytic.validation import check_features, check_labels
 
 
@@ -37,6 +37,26 @@ def seen_mask(labels: np.ndarray, width: int) -> np.ndarray:
     mask = np.zeros(width, dtype=bool)
     mask[labels] = True
     return mask
+
+
+def padded_batch(x: Any, labels: np.ndarray, width: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """Host-side: zero-pad ``x: (n, ...)`` to a :func:`analytic.row_bucket` row count and one-hot ``labels``.
+
+    Padded rows have all-zero targets, which is how the jitted steps recognise them (:func:`real_rows`). Doing this
+    in NumPy keeps each update to one compiled program per (bucket, width) instead of one per batch size.
+    """
+    x = np.asarray(x)
+    n, rows = x.shape[0], row_bucket(x.shape[0])
+    x_pad = np.zeros((rows,) + x.shape[1:], x.dtype)
+    x_pad[:n] = x
+    targets = np.zeros((rows, width), np.dtype(dtype))
+    targets[np.arange(n), labels] = 1.0
+    return jnp.asarray(x_pad), jnp.asarray(targets)
+
+
+def real_rows(features: jax.Array, targets: jax.Array) -> jax.Array:
+    """Zero the feature rows whose one-hot target row is empty (padding), so they add nothing to any statistic."""
+    return jnp.where(jnp.any(targets != 0, axis=1)[:, None], features, 0.0)
 
 
 def grow_mask(mask: jax.Array, width: int) -> jax.Array:

@@ -3,7 +3,7 @@
 Zhuang et al., "ACIL: Analytic Class-Incremental Learning with Absolute Memorization and Privacy Protection",
 NeurIPS 2022; METHODS.md section 2. A frozen backbone's features pass through a fixed random buffer
 ``φ(x) = relu(x A)`` (eq. 5) and a ridge head is learned recursively, phase after phase (eqs. 10-11, the Woodbury
-recursion of :func:`analytic.rls_update`). After every phase ``W`` equals the joint ridge solution on the buffered
+recursion of :func:`analytic.rls_step`). After every phase ``W`` equals the joint ridge solution on the buffered
 features of all data seen so far, whatever the order of phases or classes.
 
 Authors' settings (METHODS.md 2b): float64, no bias, ``buffer_init="torch_linear"`` (``nn.Linear``'s default
@@ -18,10 +18,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from analytic import RandomBuffer, RLSState, rls_init, rls_predict, rls_update
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_predict, rls_step
 from analytic.dtypes import resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier
+from continual._wrapper import ContinualClassifier, padded_batch, real_rows
 
 __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
 
@@ -57,7 +57,15 @@ def update(state: ACILState, x: Any, y: Any) -> ACILState:
     """Learn a batch or phase: ``x: (n, in_dim)``, class ids ``y: (n,)`` (new ids add head columns)."""
     x = check_features(x, dim=input_dim(state))
     labels = check_labels(y, n=x.shape[0])
-    return state._replace(head=rls_update(state.head, state.buffer(x), labels))
+    head = expand_classes(state.head, max(num_classes(state), int(labels.max()) + 1))
+    x_pad, targets = padded_batch(x, labels, head.classes, head.weight.dtype)
+    return state._replace(head=_step(state.buffer, head, x_pad, targets))
+
+
+@jax.jit
+def _step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> RLSState:
+    # Buffer then the core's Woodbury step (eqs. 10-11), one compiled program per (row bucket, width).
+    return rls_step(head, real_rows(buffer(x), targets), targets)
 
 
 def predict(state: ACILState, x: Any) -> jax.Array:

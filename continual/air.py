@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, gram_init, gram_update, ridge_solve
+from analytic import RandomBuffer, expand_classes, gram_accumulate, gram_init, ridge_solve
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, mask_unseen
+from continual._wrapper import ContinualClassifier, mask_unseen, padded_batch, real_rows
 
 __all__ = ["AIRState", "init", "update", "solve", "predict", "AIR"]
 
@@ -96,25 +96,30 @@ def _features(state: AIRState, x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _class_statistics(class_gram: jax.Array, x: jax.Array, onehot: jax.Array) -> jax.Array:
-    if class_gram.ndim == 3:
+def _accumulate(state: AIRState, x: jax.Array, targets: jax.Array, rows: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+    feats = real_rows(_features(state, x), targets)
+    stats = gram_accumulate(state.stats, feats, targets, rows)
+    if state.class_gram.ndim == 3:
         # X_cᵀX_c for every class at once: rows weighted by their class indicator.
-        return class_gram + jnp.einsum("nc,nd,ne->cde", onehot, x, x, precision=HIGHEST)
-    return class_gram + jnp.matmul(onehot.T, x * x, precision=HIGHEST)
+        class_gram = state.class_gram + jnp.einsum("nc,nd,ne->cde", targets, feats, feats, precision=HIGHEST)
+    else:
+        class_gram = state.class_gram + jnp.matmul(targets.T, feats * feats, precision=HIGHEST)
+    return stats, class_gram, state.counts + jnp.sum(targets, axis=0).astype(state.counts.dtype)
 
 
 def update(state: AIRState, x: Any, y: Any) -> AIRState:
     """Add a batch ``x: (n, in_dim)`` with class ids ``y: (n,)``; exact for any split or order of the data."""
     x = check_features(x, dim=input_dim(state))
     labels = check_labels(y, n=x.shape[0])
-    feats = _features(state, x)
     width = max(num_classes(state), int(labels.max()) + 1)
-    stats = gram_update(state.stats, feats, labels)
     grow = width - num_classes(state)
-    class_gram = jnp.pad(state.class_gram, ((0, grow),) + ((0, 0),) * (state.class_gram.ndim - 1))
-    onehot = jax.nn.one_hot(jnp.asarray(labels), width, dtype=feats.dtype)
-    counts = jnp.pad(state.counts, (0, grow)) + jnp.bincount(jnp.asarray(labels), length=width)
-    return state._replace(stats=stats, class_gram=_class_statistics(class_gram, feats, onehot), counts=counts)
+    state = state._replace(
+        stats=expand_classes(state.stats, width), counts=jnp.pad(state.counts, (0, grow)),
+        class_gram=jnp.pad(state.class_gram, ((0, grow),) + ((0, 0),) * (state.class_gram.ndim - 1)),
+    )
+    x_pad, targets = padded_batch(x, labels, width, state.stats.xtx.dtype)
+    stats, class_gram, counts = _accumulate(state, x_pad, targets, jnp.int32(x.shape[0]))
+    return state._replace(stats=stats, class_gram=class_gram, counts=counts)
 
 
 @jax.jit

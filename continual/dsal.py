@@ -2,7 +2,7 @@
 
 Zhuang et al., "DS-AL: A Dual-Stream Analytic Learning for Exemplar-Free Class-Incremental Learning", AAAI 2024;
 METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge heads learned by the same
-recursion (:func:`analytic.rls_update`):
+recursion (:func:`analytic.rls_step`):
 
 * main stream (eqs. 6-9): ``X_M = relu(Z)``, ``W_M`` = joint ridge on all data seen (C-RLS, γ_main);
 * compensation stream (eqs. 10-14): ``X_C = tanh(Z)`` (any other activation), fit to the main stream's residual
@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_update
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step
 from analytic.buffers import ACTIVATIONS
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, grow_mask, seen_mask
+from continual._wrapper import ContinualClassifier, grow_mask, padded_batch, real_rows, seen_mask
 
 __all__ = ["StreamActivations", "DSALState", "init", "update", "predict", "DSAL"]
 
@@ -106,11 +106,24 @@ def stream_features(state: DSALState, x: jax.Array) -> tuple[jax.Array, jax.Arra
 
 
 @jax.jit
-def cleansed_residual(main: RLSState, x_main: jax.Array, labels: jax.Array, keep: jax.Array) -> jax.Array:
+def cleansed_residual(main: RLSState, x_main: jax.Array, targets: jax.Array, keep: jax.Array) -> jax.Array:
     """``(Y − X_M W_M)`` with the columns outside ``keep: (c,)`` zeroed (previous-label cleansing, eq. 11)."""
-    y = jax.nn.one_hot(labels, main.weight.shape[1], dtype=main.weight.dtype)
-    residual = y - jnp.matmul(x_main.astype(main.weight.dtype), main.weight, precision=HIGHEST)
+    residual = targets - jnp.matmul(x_main.astype(main.weight.dtype), main.weight, precision=HIGHEST)
     return jnp.where(keep[None, :], residual, 0.0)
+
+
+@jax.jit
+def _main_step(state: DSALState, main: RLSState, x: jax.Array, targets: jax.Array) -> RLSState:
+    return rls_step(main, real_rows(stream_features(state, x)[0], targets), targets)
+
+
+@jax.jit
+def _comp_step(
+    state: DSALState, main: RLSState, comp: RLSState, x: jax.Array, targets: jax.Array, keep: jax.Array
+) -> RLSState:
+    x_main, x_comp = (real_rows(f, targets) for f in stream_features(state, x))
+    # Padded rows have zero targets and zero features, hence a zero residual: they still add nothing.
+    return rls_step(comp, x_comp, cleansed_residual(main, x_main, targets, keep))
 
 
 def update(
@@ -134,24 +147,23 @@ def update(
     seen_before = np.asarray(grow_mask(state.seen, width))
     if new_classes is None:
         new_classes = int(np.sum(seen_mask(labels, width) & ~seen_before))
-    main, comp = state.main, expand_classes(state.comp, width)
+    main, comp = expand_classes(state.main, width), expand_classes(state.comp, width)
+    batches = [padded_batch(x[sl], labels[sl], width, main.weight.dtype) for sl in chunks]
     if cleansing == "paper":
-        for sl in chunks:
-            main = rls_update(main, stream_features(state, x[sl])[0], labels[sl])
+        for x_pad, targets in batches:
+            main = _main_step(state, main, x_pad, targets)
         keep = jnp.asarray(~seen_before)
-        for sl in chunks:
-            x_main, x_comp = stream_features(state, x[sl])
-            comp = rls_update(comp, x_comp, cleansed_residual(main, x_main, jnp.asarray(labels[sl]), keep))
+        for x_pad, targets in batches:
+            comp = _comp_step(state, main, comp, x_pad, targets, keep)
     else:
         highest = int(np.flatnonzero(seen_before).max()) if seen_before.any() else -1
-        for sl in chunks:
-            x_main, x_comp = stream_features(state, x[sl])
-            main = rls_update(main, x_main, labels[sl])
+        cols = np.arange(width)
+        for sl, (x_pad, targets) in zip(chunks, batches):
+            main = _main_step(state, main, x_pad, targets)
             highest = max(highest, int(labels[sl].max()))
             # The repository keeps the last `increase_size` columns of its current width (highest id + 1).
-            cols = np.arange(width)
             keep = jnp.asarray((cols < highest + 1) & (cols >= highest + 1 - new_classes))
-            comp = rls_update(comp, x_comp, cleansed_residual(main, x_main, jnp.asarray(labels[sl]), keep))
+            comp = _comp_step(state, main, comp, x_pad, targets, keep)
     return state._replace(main=main, comp=comp, seen=jnp.asarray(seen_before | seen_mask(labels, width)))
 
 

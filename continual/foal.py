@@ -25,7 +25,7 @@ from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls
 from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.rls import rls_predict, rls_step
 from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen
+from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
 
 __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
 
@@ -98,9 +98,9 @@ def update(state: FOALState, block_cls: Any, y: Any, batch_size: int = 10) -> FO
     labels = check_labels(y, n=block_cls.shape[0])
     width = max(num_classes(state), int(labels.max()) + 1)
     head = expand_classes(state.head, width)
-    feats = fused_features(state, block_cls)
-    targets = jax.nn.one_hot(jnp.asarray(labels), width, dtype=head.weight.dtype)
-    for start in range(0, feats.shape[0], batch_size):
+    block_pad, targets = padded_batch(block_cls, labels, width, head.weight.dtype)
+    feats = real_rows(fused_features(state, block_pad), targets)
+    for start in range(0, block_cls.shape[0], batch_size):
         # A short last mini-batch is zero-padded: zero rows leave the Woodbury step unchanged, and every step
         # then has the same shape, so the stream compiles one program.
         head = rls_step(head, pad_rows(feats[start:start + batch_size], batch_size),

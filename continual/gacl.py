@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, RLSState, rls_init
-from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init
+from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.rls import rls_step
 from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen
+from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
 
 __all__ = ["GACLState", "init", "update", "eclg_step", "predict", "GACL"]
 
@@ -75,6 +75,11 @@ def features(state: GACLState, x: jax.Array) -> jax.Array:
 
 
 @jax.jit
+def _features(buffer: RandomBuffer | None, x: jax.Array, targets: jax.Array) -> jax.Array:
+    return real_rows(x.astype(targets.dtype) if buffer is None else buffer(x), targets)
+
+
+@jax.jit
 def eclg_step(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> RLSState:
     """Theorem 3.1 on one batch: ``x: (b, d)``, one-hot ``targets: (b, c)``, ``exposed: (c,)`` before the batch."""
     w, _ = head
@@ -93,13 +98,10 @@ def update(state: GACLState, x: Any, y: Any, online_iter: int = 1) -> GACLState:
         raise ValueError(f"online_iter must be a positive integer, got {online_iter!r}")
     x = check_features(x, dim=input_dim(state))
     labels = check_labels(y, n=x.shape[0])
-    width = max(num_classes(state), int(labels.max()) + 1)
-    head = state.head._replace(weight=jnp.pad(state.head.weight, ((0, 0), (0, width - num_classes(state)))))
-    exposed = grow_mask(state.exposed, width)
-    # Zero rows add nothing to XᵀX or XᵀY, so padding to a bucketed size is exact and bounds recompilation.
-    rows = row_bucket(x.shape[0])
-    feats = pad_rows(features(state, x), rows)
-    targets = pad_rows(jax.nn.one_hot(jnp.asarray(labels), width, dtype=head.weight.dtype), rows)
+    head = expand_classes(state.head, max(num_classes(state), int(labels.max()) + 1))
+    exposed = grow_mask(state.exposed, head.classes)
+    x_pad, targets = padded_batch(x, labels, head.classes, head.weight.dtype)
+    feats = _features(state.buffer, x_pad, targets)
     for _ in range(int(online_iter)):
         head = eclg_step(head, exposed, feats, targets)
         exposed = exposed | (jnp.sum(targets, axis=0) > 0)
