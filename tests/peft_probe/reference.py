@@ -90,3 +90,17 @@ def bert_hidden(w: dict[str, np.ndarray], ids: np.ndarray, layers: int, heads: i
         inter = 0.5 * inter * (1 + erf(inter / math.sqrt(2)))
         x = ln(lin(inter, p + "output.dense") + x, p + "output.LayerNorm")
     return x
+
+
+def hf_tensors(model) -> dict[str, np.ndarray]:
+    """A Flax module's parameters under HF names and layout (``kernel`` -> ``weight`` transposed), as
+    transformers would save them; for writing test checkpoints and feeding the references above."""
+    from flax import nnx
+
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        stem, leaf = ".".join(map(str, path[:-1])), path[-1]
+        value = np.asarray(var[...])
+        name = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[leaf]
+        out[f"{stem}.{name}"] = np.ascontiguousarray(value.T if leaf == "kernel" else value)
+    return out

@@ -15,6 +15,11 @@ from peft_probe.models.llama import LlamaConfig, LlamaForCausalLM
 from tests.peft_probe import reference
 
 
+@nnx.jit
+def _apply(model, ids):
+    return model(ids)
+
+
 @pytest.mark.parametrize(("heads", "head_dim", "d_in"), [(1, 2, 3), (3, 8, 5), (9, 64, 4)])
 def test_unpermute_inverts_permute_and_permute_follows_the_pair_rule(heads, head_dim, d_in):
     w = np.random.default_rng(0).standard_normal((heads * head_dim, d_in))
@@ -62,7 +67,7 @@ def test_assign_weights_names_missing_and_misshaped_entries():
 
     rebuilt = weights.assign_weights(factory, arrays, jnp.float32)
     ids = jnp.arange(6, dtype=jnp.int32)[None]
-    np.testing.assert_array_equal(np.asarray(rebuilt(ids)), np.asarray(model(ids)))
+    np.testing.assert_array_equal(np.asarray(_apply(rebuilt, ids)), np.asarray(_apply(model, ids)))
     with pytest.raises(ValueError, match="missing.*model/norm/scale"):
         weights.assign_weights(factory, {k: v for k, v in arrays.items() if k != "model/norm/scale"}, jnp.float32)
     bad = dict(arrays, **{"model/norm/scale": np.ones(3)})
@@ -75,12 +80,7 @@ def test_safetensors_round_trip_of_a_tiny_bert(tmp_path):
 
     config = BertConfig.tiny()
     model = BertModel(config, rngs=nnx.Rngs(3))
-    hf = {}  # write the tiny model in HF's layout and names, as transformers would save it
-    for path, var in nnx.to_flat_state(nnx.state(model)):
-        stem, leaf = ".".join(map(str, path[:-1])), path[-1]
-        value = np.asarray(var[...])
-        name = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[leaf]
-        hf[f"{stem}.{name}"] = np.ascontiguousarray(value.T if leaf == "kernel" else value)
+    hf = reference.hf_tensors(model)  # the tiny model in HF names and layout, as transformers saves it
     hf["embeddings.position_ids"] = np.arange(64)[None]
     save_file(hf, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(dict(
@@ -90,7 +90,7 @@ def test_safetensors_round_trip_of_a_tiny_bert(tmp_path):
     loaded_config, loaded = weights.load_safetensors(tmp_path)
     assert loaded_config == config
     ids = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 7)), jnp.int32)
-    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(model(ids)))
+    np.testing.assert_array_equal(np.asarray(_apply(loaded, ids)), np.asarray(_apply(model, ids)))
 
 
 def test_missing_weight_file_is_a_clear_error(tmp_path):
@@ -130,7 +130,7 @@ def test_smollm2_logits_match_numpy_llama_on_raw_gguf_tensors(smollm2):
     # q/k stay in llama.cpp's row order here, rotated by adjacent pairs: independent of unpermute_rotary_rows.
     want = reference.llama_logits(w, ids, config.num_attention_heads, config.num_key_value_heads,
                                   config.rms_norm_eps, config.rope_theta, rope="interleaved")
-    got = np.asarray(model(jnp.asarray(ids[None], jnp.int32)))[0]
+    got = np.asarray(_apply(model, jnp.asarray(ids[None], jnp.int32)))[0]
     # float32 through 30 layers against float64: logits (scale ~20) agree to ~1e-3.
     np.testing.assert_allclose(got, want, atol=5e-3 * np.abs(want).max())
     np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
@@ -145,5 +145,5 @@ def test_minilm_hidden_states_match_numpy_bert_on_hf_tensors(minilm):
     ids = np.asarray(tok("Analytic learning solves a ridge regression in closed form.")["input_ids"])
     want = reference.bert_hidden(raw, ids, config.num_hidden_layers, config.num_attention_heads,
                                  config.layer_norm_eps)
-    got = np.asarray(model(jnp.asarray(ids[None], jnp.int32)))[0]
+    got = np.asarray(_apply(model, jnp.asarray(ids[None], jnp.int32)))[0]
     np.testing.assert_allclose(got, want, atol=1e-4)  # float32 vs float64 through 6 post-norm layers
