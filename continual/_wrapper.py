@@ -116,6 +116,9 @@ class ContinualClassifier:
         if declared is not None and self.n_classes_declared_ is not None:
             declared = max(declared, self.n_classes_declared_)
         declared = self.n_classes_declared_ if declared is None else declared
+        if declared is not None and self.state is not None and declared < self._module.num_classes(self.state):
+            raise ValueError(f"classes declares {declared} classes but the learner already has "
+                             f"{self._module.num_classes(self.state)} class columns")
         x = self._check_x(x)
         labels = check_labels(y, classes=declared, n=x.shape[0])
         state = self.state if self.state is not None else self._init_state(self._input_width(x), declared or 0)
