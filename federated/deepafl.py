@@ -50,7 +50,11 @@ class DeepAFLModel(NamedTuple):
 
 
 def make_layers(setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None):
-    """The shared random layers ``(Φ₀ layer, (F₀..F_{T−1}))`` from ``setup.seed`` -- identical on every host."""
+    """The shared random layers ``(Φ₀ layer, (F₀..F_{T−1}))`` from ``setup.seed`` -- identical on every host.
+
+    They are drawn in float32 and cast to ``dtype``, so a float32 and a float64 run with the same seed use the
+    same layers (and hosts without x64 can join a float64 run's seed).
+    """
     return _make_layers(setup, init, resolve_dtype(dtype))
 
 
@@ -58,9 +62,13 @@ def make_layers(setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any 
 @functools.lru_cache(maxsize=4)
 def _make_layers(setup: msg.DeepAFLSetup, init: str, dtype: np.dtype):
     keys = jax.random.split(jax.random.PRNGKey(int(setup.seed)), int(setup.layers) + 1)
-    first = RandomBuffer(setup.in_dim, setup.phi_dim, setup.input_activation, keys[0], init, True, dtype)
-    blocks = tuple(RandomBuffer(setup.phi_dim, setup.block_dim, setup.activation, k, init, True, dtype)
-                   for k in keys[1:])
+
+    def layer(n_in: int, n_out: int, activation: str, key: jax.Array) -> RandomBuffer:
+        buffer = RandomBuffer(n_in, n_out, activation, key, init, True, jnp.float32)
+        return jax.tree_util.tree_map(lambda a: a.astype(dtype), buffer)
+
+    first = layer(setup.in_dim, setup.phi_dim, setup.input_activation, keys[0])
+    blocks = tuple(layer(setup.phi_dim, setup.block_dim, setup.activation, k) for k in keys[1:])
     return first, blocks
 
 

@@ -33,6 +33,13 @@ _SCALAR_BYTES = 8
 M = TypeVar("M", bound="_Message")
 
 
+def _scalar(value: Any) -> Any:
+    """A Python scalar from a scalar or a 0-d array (``np.savez`` and some transports wrap scalars in arrays)."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 or isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class _Message:
     """Shared transport logic: fields annotated ``np.ndarray`` are arrays, every other field is a scalar."""
@@ -63,7 +70,7 @@ class _Message:
         """Rebuild a message from :meth:`to_arrays` output; ``ValueError`` names a missing field or wrong kind."""
         if not isinstance(arrays, Mapping):
             raise TypeError(f"{cls.__name__}.from_arrays expects a mapping, got {type(arrays).__name__}")
-        kind = arrays.get("kind", cls.kind)
+        kind = _scalar(arrays.get("kind", cls.kind))
         if kind != cls.kind:
             raise ValueError(f"{cls.__name__}.from_arrays: kind={kind!r}, expected {cls.kind!r}")
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
@@ -73,10 +80,7 @@ class _Message:
         for name in cls._array_fields():
             values[name] = np.asarray(arrays[name])
         for name in cls._scalar_fields():
-            value = arrays[name]
-            if isinstance(value, np.ndarray) and value.ndim == 0 or isinstance(value, np.generic):
-                value = value.item()
-            values[name] = value
+            values[name] = _scalar(arrays[name])
         return cls(**values)
 
     @property
@@ -198,7 +202,7 @@ def from_arrays(arrays: Mapping[str, Any]) -> _Message:
     """Rebuild any message from its transport dict, dispatching on ``arrays["kind"]``."""
     if not isinstance(arrays, Mapping) or "kind" not in arrays:
         raise ValueError("from_arrays: a transport dict with a 'kind' entry is required")
-    kind = arrays["kind"]
-    if kind not in MESSAGE_TYPES:
+    kind = _scalar(arrays["kind"])
+    if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
         raise ValueError(f"from_arrays: unknown kind {kind!r}; known: {sorted(MESSAGE_TYPES)}")
     return MESSAGE_TYPES[kind].from_arrays(arrays)
