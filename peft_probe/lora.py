@@ -226,10 +226,11 @@ def lora_a_init(key: jax.Array, d_in: int, r: int, init: str = "kaiming", dtype:
 
 
 def base_key(rngs: nnx.Rngs | int | jax.Array) -> jax.Array:
+    """The key adapters are drawn from: ``jax.random.key(seed)`` for an int, ``rngs.params()`` for ``nnx.Rngs``."""
     if isinstance(rngs, nnx.Rngs):
         return rngs.params()
     if isinstance(rngs, (int, np.integer)):
-        return nnx.Rngs(int(rngs)).params()
+        return jax.random.key(int(rngs))
     return rngs
 
 

@@ -12,8 +12,20 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from peft_probe.lora import (
-    ALL_LINEAR, LoraConfig, LoraLinear, export_peft, inject_lora, linear_modules, load_adapters, lora_a_init,
-    lora_modules, merge_lora, placement_config, save_adapters, trainable_count, unmerge_lora,
+    ALL_LINEAR,
+    LoraConfig,
+    LoraLinear,
+    export_peft,
+    inject_lora,
+    linear_modules,
+    load_adapters,
+    lora_a_init,
+    lora_modules,
+    merge_lora,
+    placement_config,
+    save_adapters,
+    trainable_count,
+    unmerge_lora,
 )
 from tests.peft_probe.lora_fixtures import forward, random_batch, tiny_model
 

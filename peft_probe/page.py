@@ -1,0 +1,230 @@
+"""PAGE: projected adapter gradient energy, a one-backward-pass probe of where LoRA adapters would learn.
+
+He et al., 2026, "PAGE/DomLoRA" (arXiv 2605.06183). A LoRA adapter ``W + s B A`` starts with ``B = 0``, so at
+initialization ``dL/dA = 0`` and ``dL/dB = s G A^T`` with ``G = dL/dW (d_out, d_in)`` the frozen weight's gradient.
+PAGE of a module is the energy of that initial trainable gradient, ``||s G A^T||_F^2``, averaged over probe batches.
+All candidate modules are scored from the kernels' gradients of ONE ``jax.grad`` per batch (no adapters needed).
+
+Variants (each module's share of the total is reported too):
+- ``"concrete"``: ``A`` drawn as ``inject_lora`` would with the same seed; ``num_draws > 1`` averages seeds.
+- ``"expectation"``: ``E_A ||s G A^T||^2 = s^2 r Var(A_ij) ||G||^2`` with ``Var = 1/(3 d_in)`` for PEFT's
+  Kaiming-uniform bound ``1/sqrt(d_in)`` (``1/r^2`` for the Gaussian init).
+- ``"raw"``: ``||G||^2``; ``"normalized"``: ``||G||^2 / (d_in d_out)`` (per parameter).
+- ``"per_example"``: empirical Fisher trace, the mean over examples of ``||G_i||^2`` with ``G_i`` the gradient of
+  example ``i``'s own answer loss (one vmapped backward pass per batch).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from peft_probe.finetune import answer_token_loss, check_batch, per_example_loss
+from peft_probe.lora import (
+    ALL_LINEAR,
+    LoraConfig,
+    adapter_key,
+    candidate_modules,
+    lora_a_init,
+    lora_modules,
+    module_layer,
+)
+
+__all__ = ["VARIANTS", "ModuleScore", "PageScores", "page_scores", "kernel_gradient_fn", "plot_page_heatmap"]
+
+VARIANTS = ("concrete", "expectation", "raw", "per_example", "normalized")
+_MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class ModuleScore(NamedTuple):
+    name: str      # dotted module name, e.g. model.layers.3.mlp.down_proj
+    layer: int     # decoder-layer index (-1 outside the layer stack)
+    module: str    # module type, e.g. down_proj
+    score: float   # PAGE (mean over probe batches)
+    share: float   # score / sum of all scores
+
+
+class PageScores(NamedTuple):
+    """PAGE of every candidate module, highest first."""
+
+    variant: str
+    rows: list[ModuleScore]
+    batches: int
+
+    def top(self, k: int = 1) -> list[ModuleScore]:
+        return self.rows[:k]
+
+    def matrix(self) -> tuple[list[int], list[str], np.ndarray]:
+        """Shares as a ``(layers, module types)`` grid (NaN where a module type is absent)."""
+        layers = sorted({r.layer for r in self.rows})
+        present = {r.module for r in self.rows}
+        types = [t for t in _MODULE_ORDER if t in present] + sorted(present - set(_MODULE_ORDER))
+        grid = np.full((len(layers), len(types)), np.nan)
+        for r in self.rows:
+            grid[layers.index(r.layer), types.index(r.module)] = r.share
+        return layers, types, grid
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps({"variant": self.variant, "batches": self.batches,
+                           "modules": [r._asdict() for r in self.rows]}, indent=1)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def to_csv(self, path: str | Path | None = None) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["variant", *ModuleScore._fields])
+        for r in self.rows:
+            writer.writerow([self.variant, r.name, r.layer, r.module, repr(r.score), repr(r.share)])
+        if path is not None:
+            Path(path).write_text(buf.getvalue())
+        return buf.getvalue()
+
+
+def kernel_gradient_fn(model: nnx.Module, names: Iterable[str], per_example: bool = False
+                       ) -> Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]:
+    """``batch -> {name: dL/dkernel (d_in, d_out)}`` for the named ``nnx.Linear`` modules, from one backward
+    pass through the frozen model; with ``per_example`` the gradients are ``(b, d_in, d_out)``, one per
+    example's own loss (vmapped). Compiled once per model structure and batch shape."""
+    wanted = {tuple(int(p) if p.isdigit() else p for p in n.split(".")) + ("kernel",): n for n in names}
+    graphdef, kernels, rest = nnx.split(model, lambda path, _: tuple(path) in wanted, ...)
+
+    def step(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        grads = _kernel_grads(graphdef, kernels, rest, dict(batch), per_example)
+        return {wanted[tuple(path)]: v.get_value() for path, v in nnx.to_flat_state(grads)}
+
+    return step
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "per_example"))
+def _kernel_grads(graphdef: Any, kernels: nnx.State, rest: nnx.State, batch: dict[str, jax.Array],
+                  per_example: bool) -> nnx.State:
+    def loss(k: nnx.State, example_batch: dict[str, jax.Array]) -> jax.Array:
+        model = nnx.merge(graphdef, k, rest)
+        if per_example:
+            return per_example_loss(model, example_batch)[0]
+        return answer_token_loss(model, example_batch)
+
+    if per_example:
+        one = lambda example: jax.grad(loss)(kernels, {key: v[None] for key, v in example.items()})  # noqa: E731
+        return jax.vmap(one)(batch)
+    return jax.grad(loss)(kernels, batch)
+
+
+def _module_energy(variant: str, grad: jax.Array, config: LoraConfig, a_draws: jax.Array | None) -> jax.Array:
+    """PAGE of one module from its kernel gradient ``grad (d_in, d_out)`` (``(b, d_in, d_out)`` per example)."""
+    energy = jnp.sum(jnp.square(grad), axis=(-2, -1))
+    if variant == "raw":
+        return energy
+    if variant == "per_example":
+        return energy.mean()
+    if variant == "normalized":
+        return energy / (grad.shape[-2] * grad.shape[-1])
+    s = config.scale
+    if variant == "expectation":
+        var_a = 1.0 / (3.0 * grad.shape[0]) if config.init == "kaiming" else 1.0 / config.r**2
+        return s * s * config.r * var_a * energy
+    # concrete: ||s G A^T||^2 = s^2 ||A^T grad||^2 with A (d_in, r) in flax layout, averaged over the draws
+    projected = jnp.einsum("kir,io->kro", a_draws.astype(grad.dtype), grad)
+    return s * s * jnp.mean(jnp.sum(jnp.square(projected), axis=(1, 2)))
+
+
+@functools.partial(jax.jit, static_argnames=("variant", "config"))
+def _energies(grads: dict[str, jax.Array], seeds: jax.Array, variant: str, config: LoraConfig
+              ) -> dict[str, jax.Array]:
+    out = {}
+    for name, g in grads.items():
+        draws = None
+        if variant == "concrete":  # the A of inject_lora(model, config, seed + j), drawn inside the jit
+            draws = jax.vmap(lambda s, name=name, g=g: lora_a_init(
+                adapter_key(jax.random.key(s), name), g.shape[-2], config.r, config.init, g.dtype))(seeds)
+        out[name] = _module_energy(variant, g, config, draws)
+    return out
+
+
+def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
+                variant: str = "expectation", seed: int = 0, num_draws: int = 1, progress: bool = False
+                ) -> PageScores:
+    """PAGE of every module ``config`` selects (default: all linear layers, r = 8, alpha = 16).
+
+    batches: dicts with ``input_ids``, ``attention_mask``, ``loss_mask`` ``(b, t)``; the loss is answer-token
+    cross entropy. One backward pass per batch. ``seed``/``num_draws``: the concrete variant's ``A`` draws,
+    ``A`` of draw ``j`` = the ``A`` that ``inject_lora(model, config, seed + j)`` creates.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if int(num_draws) < 1:
+        raise ValueError(f"num_draws must be >= 1, got {num_draws!r}")
+    config = LoraConfig(r=8, alpha=16, target_modules=ALL_LINEAR) if config is None else config
+    if not isinstance(config, LoraConfig):
+        raise TypeError(f"config must be a LoraConfig, got {type(config).__name__}")
+    if lora_modules(model):
+        raise ValueError("page_scores probes the base model; it already has LoRA adapters (merge_lora(model, "
+                         "unload=True) or probe a fresh copy)")
+    checked = [check_batch(b, f"batches[{i}]") for i, b in enumerate(batches)]
+    if not checked:
+        raise ValueError("batches is empty; PAGE needs at least one probe batch")
+    modules = candidate_modules(model, config)
+    if not modules:
+        raise ValueError(f"config.target_modules={config.target_modules!r} selects no linear module")
+    step = kernel_gradient_fn(model, modules, per_example=variant == "per_example")
+    seeds = jnp.arange(int(num_draws)) + int(seed)
+
+    energy = functools.partial(_energies, variant=variant, config=config)
+
+    totals = {name: 0.0 for name in modules}
+    for batch in _progress(checked, progress):
+        scores = energy(step({k: jnp.asarray(v) for k, v in batch.items()}), seeds)
+        for name, value in scores.items():
+            totals[name] += float(value) / len(checked)
+    grand = sum(totals.values())
+    rows = [ModuleScore(n, module_layer(n), n.rsplit(".", 1)[-1], v, v / grand if grand > 0 else 0.0)
+            for n, v in totals.items()]
+    rows.sort(key=lambda r: (-r.score, r.layer, r.name))
+    return PageScores(variant, rows, len(checked))
+
+
+def _progress(items: list, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="PAGE")
+
+
+def plot_page_heatmap(scores: PageScores, path: str | Path, title: str | None = None) -> Path:
+    """Heatmap of each module's share of PAGE, decoder layers x module types, saved as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers, types, grid = scores.matrix()
+    fig, ax = plt.subplots(figsize=(1.1 * len(types) + 2.0, 0.28 * len(layers) + 1.8))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(len(types)), types, rotation=45, ha="right")
+    ax.set_yticks(range(len(layers)), [str(i) for i in layers])
+    ax.set_xlabel("module")
+    ax.set_ylabel("layer")
+    best = scores.rows[0]
+    ax.scatter([types.index(best.module)], [layers.index(best.layer)], marker="s", s=60, facecolors="none",
+               edgecolors="red", linewidths=1.5, label=f"top: layer {best.layer} {best.module} ({best.share:.1%})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=8, frameon=False)
+    fig.colorbar(image, ax=ax, label="share of total PAGE")
+    ax.set_title(title or f"PAGE ({scores.variant})")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out

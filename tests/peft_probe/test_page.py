@@ -1,0 +1,181 @@
+"""PAGE probe: each variant against an independent computation, shares, one backward pass per batch, outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import peft_probe.page as page
+from peft_probe.finetune import answer_token_loss, per_example_loss
+from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, linear_modules, lora_modules
+from peft_probe.page import VARIANTS, page_scores, plot_page_heatmap
+from tests.peft_probe.lora_fixtures import random_batch, tiny_model
+
+CONFIG = LoraConfig(r=4, alpha=8, target_modules=ALL_LINEAR)
+
+
+def _jnp(batch):
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+_all_param_grads = nnx.jit(nnx.grad(answer_token_loss))
+_lora_grads = nnx.jit(nnx.grad(answer_token_loss, argnums=nnx.DiffState(0, nnx.LoRAParam)))
+_first_example_grads = nnx.jit(nnx.grad(lambda m, b: per_example_loss(m, b)[0]))
+
+
+def _flat(grads) -> dict[str, np.ndarray]:
+    return {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(grads)}
+
+
+def _weight_grads(model, batch) -> dict[str, np.ndarray]:
+    """dL/dkernel of every linear layer by plain nnx.grad over all parameters (an independent route)."""
+    flat = _flat(_all_param_grads(model, _jnp(batch)))
+    return {name: flat[name + ".kernel"] for name in linear_modules(model)}
+
+
+@pytest.fixture(scope="module")
+def probe():
+    model = tiny_model()
+    batches = [random_batch(0), random_batch(1)]
+    return model, batches
+
+
+def test_concrete_variant_equals_autodiff_gradient_of_b(probe):
+    model, batches = probe
+    scores = page_scores(model, batches, CONFIG, "concrete", seed=5)
+    injected = nnx.clone(model)
+    inject_lora(injected, CONFIG, 5)  # same seed -> same A for every module
+    energy = {name: 0.0 for name in lora_modules(injected)}
+    for batch in batches:
+        flat = _flat(_lora_grads(injected, _jnp(batch)))
+        for name in energy:
+            assert np.abs(flat[name + ".lora_A"]).max() == 0.0  # B = 0 => dL/dA = 0
+            energy[name] += float((flat[name + ".lora_B"] ** 2).sum()) / len(batches)
+    assert {r.name for r in scores.rows} == set(energy)
+    for row in scores.rows:
+        # The model returns float32 logits (P1's design), so the loss cotangent carries float32 rounding into both
+        # routes; 1e-6 relative is far below any ranking difference and far above the ~1e-10 observed.
+        assert row.score == pytest.approx(energy[row.name], rel=1e-6)
+
+
+def test_expectation_variant_matches_monte_carlo_over_a_seeds(probe):
+    model, batches = probe
+    expected = page_scores(model, batches[:1], CONFIG, "expectation")
+    # Each draw of A (r = 4 rows) gives ||s G A^T||^2 = s^2 sum_k a_k^T M a_k with M = G^T G. For iid uniform
+    # entries Var(a^T M a) <= 2 sigma^4 tr(M^2) <= 2 (sigma^2 tr M)^2 (uniform has negative excess kurtosis), so
+    # the relative standard error of the mean over n draws is <= sqrt(2 / (r n)) = 1.1% for n = 4000; a 5% band
+    # is > 4 standard errors even in the worst (rank-1 G) case.
+    monte_carlo = page_scores(model, batches[:1], CONFIG, "concrete", seed=1000, num_draws=4000)
+    mc = {r.name: r.score for r in monte_carlo.rows}
+    for row in expected.rows:
+        assert mc[row.name] == pytest.approx(row.score, rel=0.05)
+
+
+def test_raw_normalized_and_expectation_follow_from_the_weight_gradient(probe):
+    model, batches = probe
+    grads = [_weight_grads(model, b) for b in batches]
+    raw = {n: np.mean([(g[n] ** 2).sum() for g in grads]) for n in grads[0]}
+    results = {v: {r.name: r.score for r in page_scores(model, batches, CONFIG, v).rows}
+               for v in ("raw", "normalized", "expectation")}
+    s2 = CONFIG.scale ** 2
+    for name, g in grads[0].items():
+        d_in, d_out = g.shape
+        assert results["raw"][name] == pytest.approx(raw[name], rel=1e-6)
+        assert results["normalized"][name] == pytest.approx(raw[name] / (d_in * d_out), rel=1e-6)
+        assert results["expectation"][name] == pytest.approx(s2 * CONFIG.r * raw[name] / (3 * d_in), rel=1e-6)
+
+
+def test_per_example_variant_is_mean_of_separate_example_gradients(probe):
+    model, batches = probe
+    batch = batches[0]
+    scores = {r.name: r.score for r in page_scores(model, [batch], CONFIG, "per_example").rows}
+    total = None
+    n = batch["input_ids"].shape[0]
+    for i in range(n):
+        one = {k: v[i:i + 1] for k, v in batch.items()}
+        flat = _flat(_first_example_grads(model, _jnp(one)))
+        energy = {name: (flat[name + ".kernel"] ** 2).sum() / n for name in scores}
+        total = energy if total is None else {k: total[k] + energy[k] for k in total}
+    for name, value in scores.items():
+        assert value == pytest.approx(total[name], rel=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shares_sum_to_one_and_rows_are_sorted(probe, variant):
+    model, batches = probe
+    scores = page_scores(model, batches[:1], CONFIG, variant)
+    shares = np.array([r.share for r in scores.rows])
+    assert shares.sum() == pytest.approx(1.0, abs=1e-12)
+    assert np.all(shares >= 0) and np.all(np.diff([r.score for r in scores.rows]) <= 0)
+    assert len(scores.rows) == 14 and {r.layer for r in scores.rows} == {0, 1}
+
+
+def test_one_backward_pass_per_batch(probe, monkeypatch):
+    model, batches = probe
+    calls = {"grad_fns": 0, "steps": 0, "loss_traces": 0}
+    original_fn, original_loss = page.kernel_gradient_fn, page.answer_token_loss
+
+    def counting_fn(*args, **kwargs):
+        calls["grad_fns"] += 1
+        step = original_fn(*args, **kwargs)
+
+        def counted(batch):
+            calls["steps"] += 1
+            return step(batch)
+        return counted
+
+    def counting_loss(*args):
+        calls["loss_traces"] += 1
+        return original_loss(*args)
+
+    page._kernel_grads.clear_cache()  # so that this call traces the loss afresh
+    monkeypatch.setattr(page, "kernel_gradient_fn", counting_fn)
+    monkeypatch.setattr(page, "answer_token_loss", counting_loss)
+    page_scores(model, batches * 2, CONFIG, "concrete", num_draws=3)
+    # one gradient step per batch, each the reverse pass of a single loss evaluation (traced once, then reused),
+    # however many modules and A draws are scored
+    assert calls == {"grad_fns": 1, "steps": 4, "loss_traces": 1}
+
+
+def test_table_outputs_and_heatmap(probe, tmp_path):
+    model, batches = probe
+    scores = page_scores(model, batches[:1], CONFIG, "raw")
+    data = json.loads(scores.to_json(tmp_path / "s.json"))
+    assert data["variant"] == "raw" and len(data["modules"]) == 14
+    assert json.loads((tmp_path / "s.json").read_text()) == data
+    rows = list(csv.DictReader(io.StringIO(scores.to_csv(tmp_path / "s.csv"))))
+    assert [r["name"] for r in rows] == [r.name for r in scores.rows]
+    assert float(rows[0]["score"]) == scores.rows[0].score
+    layers, types, grid = scores.matrix()
+    assert layers == [0, 1] and types[0] == "q_proj" and types[-1] == "down_proj"
+    assert np.nansum(grid) == pytest.approx(1.0)
+    path = plot_page_heatmap(scores, tmp_path / "heat.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs_raise_before_any_work(probe):
+    model, batches = probe
+    with pytest.raises(ValueError, match="variant"):
+        page_scores(model, batches, CONFIG, "fisher")
+    with pytest.raises(ValueError, match="empty"):
+        page_scores(model, [], CONFIG)
+    bad = dict(batches[0], loss_mask=np.zeros_like(batches[0]["loss_mask"]))
+    with pytest.raises(ValueError, match="no answer token"):
+        page_scores(model, [bad], CONFIG)
+    with pytest.raises(ValueError, match="shape"):
+        page_scores(model, [dict(batches[0], attention_mask=np.ones((1, 2)))], CONFIG)
+    with pytest.raises(TypeError, match="integers"):
+        page_scores(model, [dict(batches[0], input_ids=batches[0]["input_ids"] * 0.5)], CONFIG)
+    with pytest.raises(ValueError, match="num_draws"):
+        page_scores(model, batches, CONFIG, "concrete", num_draws=0)
+    adapted = nnx.clone(model)
+    inject_lora(adapted, CONFIG, 0)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        page_scores(adapted, batches, CONFIG)
+    assert not lora_modules(model)  # the probe never modifies the model
