@@ -73,33 +73,42 @@ def mask_unseen(logits: jax.Array, seen: jax.Array) -> jax.Array:
 class ContinualClassifier:
     """Base of the learners' class wrappers.
 
-    Subclasses set ``_module`` (the functional module with ``init``, ``update``, ``predict``) and implement
-    :meth:`_init_state` and :meth:`get_params`. ``state`` is ``None`` until the first :meth:`partial_fit`.
+    A subclass sets ``_module`` (the functional module: ``init``, ``update``, ``predict``, ``input_dim``,
+    ``num_classes``), validates its options and passes them as keywords to ``__init__``; they become attributes
+    and :meth:`get_params`. Options named in ``_update_options`` go to ``update``, all others to ``init``.
+    ``state`` is ``None`` until the first :meth:`partial_fit`.
     """
 
     _module: ClassVar[Any]
+    _update_options: ClassVar[tuple[str, ...]] = ()
     state: Any
 
-    def __init__(self) -> None:
+    def __init__(self, **params: Any) -> None:
+        if params.get("dtype") is not None:
+            params["dtype"] = np.dtype(params["dtype"]).name  # a JSON-storable name, for checkpoints
+        self._param_names = tuple(params)
+        for key, value in params.items():
+            setattr(self, key, value)
         self.state = None
         self.n_classes_declared_: int | None = None
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serializable; stored in checkpoints)."""
-        raise NotImplementedError
+        return {key: getattr(self, key) for key in self._param_names}
 
     def _init_state(self, in_dim: int, classes: int) -> Any:
-        raise NotImplementedError
+        params = {k: v for k, v in self.get_params().items() if k not in self._update_options}
+        return self._module.init(in_dim, classes, **params)
+
+    def _update(self, state: Any, x: jax.Array, y: np.ndarray) -> Any:
+        return self._module.update(state, x, y, **{k: getattr(self, k) for k in self._update_options})
 
     def _check_x(self, x: Any, name: str = "x") -> jax.Array:
         return check_features(x, name=name, dim=None if self.state is None else self.n_features_in_)
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[1]
-
-    def _update(self, state: Any, x: jax.Array, y: np.ndarray) -> Any:
-        return self._module.update(state, x, y)
 
     def _decision(self, state: Any, x: jax.Array) -> jax.Array:
         return self._module.predict(state, x)

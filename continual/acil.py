@@ -16,7 +16,6 @@ import sys
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_predict, rls_step
 from analytic.dtypes import resolve_dtype
@@ -83,19 +82,9 @@ class ACIL(ContinualClassifier):
         self, gamma: float = 0.1, *, buffer_size: int = 8192, activation: str = "relu", buffer_init: str = "normal",
         seed: int = 0, dtype: Any = None,
     ) -> None:
-        super().__init__()
         check_gamma(gamma)
-        self.gamma, self.buffer_size, self.activation = gamma, buffer_size, activation
-        self.buffer_init, self.seed = buffer_init, seed
-        self.dtype = None if dtype is None else np.dtype(dtype).name
-
-    def get_params(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "buffer_size": self.buffer_size, "activation": self.activation,
-                "buffer_init": self.buffer_init, "seed": self.seed, "dtype": self.dtype}
-
-    def _init_state(self, in_dim: int, classes: int) -> ACILState:
-        params = self.get_params()
-        return init(in_dim, classes, params.pop("gamma"), **params)
+        super().__init__(gamma=gamma, buffer_size=buffer_size, activation=activation, buffer_init=buffer_init,
+                         seed=seed, dtype=dtype)
 
     @property
     def coef_(self) -> jax.Array:

@@ -176,24 +176,12 @@ class AIR(ContinualClassifier):
         self, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False, statistics: str = "full",
         buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
     ) -> None:
-        super().__init__()
         check_gamma(gamma)
         if statistics not in STATISTICS:
             raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
-        self.gamma, self.power, self.normalize, self.statistics = gamma, power, normalize, statistics
-        self.buffer_size, self.buffer_init, self.seed = buffer_size, buffer_init, seed
-        self.dtype = None if dtype is None else np.dtype(dtype).name
+        super().__init__(gamma=gamma, power=power, normalize=normalize, statistics=statistics,
+                         buffer_size=buffer_size, buffer_init=buffer_init, seed=seed, dtype=dtype)
         self._weight: tuple[Any, jax.Array] | None = None
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "gamma": self.gamma, "power": self.power, "normalize": self.normalize, "statistics": self.statistics,
-            "buffer_size": self.buffer_size, "buffer_init": self.buffer_init, "seed": self.seed, "dtype": self.dtype,
-        }
-
-    def _init_state(self, in_dim: int, classes: int) -> AIRState:
-        params = self.get_params()
-        return init(in_dim, classes, params.pop("gamma"), **params)
 
     def _decision(self, state: AIRState, x: jax.Array) -> jax.Array:
         if self._weight is None or self._weight[0] is not state:

@@ -184,6 +184,7 @@ class DSAL(ContinualClassifier):
     """DS-AL with scikit-learn verbs; ``partial_fit`` = one phase (see :func:`update` for ``cleansing``)."""
 
     _module = sys.modules[__name__]
+    _update_options = ("cleansing", "batch_size")
 
     def __init__(
         self, gamma_main: float = 0.1, gamma_comp: float = 0.1, *, compensation_ratio: float = 0.6,
@@ -191,31 +192,13 @@ class DSAL(ContinualClassifier):
         cleansing: str = "paper", batch_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
         check_gamma(gamma_main, "gamma_main")
         check_gamma(gamma_comp, "gamma_comp")
         StreamActivations(activation_main, activation_comp)
         if cleansing not in CLEANSING:
             raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
-        self.gamma_main, self.gamma_comp, self.compensation_ratio = gamma_main, gamma_comp, compensation_ratio
-        self.buffer_size, self.activation_main, self.activation_comp = buffer_size, activation_main, activation_comp
-        self.cleansing, self.batch_size, self.buffer_init, self.seed = cleansing, batch_size, buffer_init, seed
-        self.dtype = None if dtype is None else np.dtype(dtype).name
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "gamma_main": self.gamma_main, "gamma_comp": self.gamma_comp,
-            "compensation_ratio": self.compensation_ratio, "buffer_size": self.buffer_size,
-            "activation_main": self.activation_main, "activation_comp": self.activation_comp,
-            "cleansing": self.cleansing, "batch_size": self.batch_size, "buffer_init": self.buffer_init,
-            "seed": self.seed, "dtype": self.dtype,
-        }
-
-    def _init_state(self, in_dim: int, classes: int) -> DSALState:
-        params = self.get_params()
-        for key in ("cleansing", "batch_size"):
-            params.pop(key)
-        return init(in_dim, classes, params.pop("gamma_main"), params.pop("gamma_comp"), **params)
-
-    def _update(self, state: DSALState, x: jax.Array, y: np.ndarray) -> DSALState:
-        return update(state, x, y, cleansing=self.cleansing, batch_size=self.batch_size)
+        super().__init__(
+            gamma_main=gamma_main, gamma_comp=gamma_comp, compensation_ratio=compensation_ratio,
+            buffer_size=buffer_size, activation_main=activation_main, activation_comp=activation_comp,
+            cleansing=cleansing, batch_size=batch_size, buffer_init=buffer_init, seed=seed, dtype=dtype,
+        )

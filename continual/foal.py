@@ -119,34 +119,22 @@ class FOAL(ContinualClassifier):
     """F-OAL with scikit-learn verbs; ``x`` is ``(n, L, D)`` per-block class tokens, ``partial_fit`` = stream chunk."""
 
     _module = sys.modules[__name__]
+    _update_options = ("batch_size",)
 
     def __init__(
         self, gamma: float = 1.0, *, projection_dim: int = 1000, batch_size: int = 10, ln_scale: Any = None,
         ln_bias: Any = None, seed: int = 0, dtype: Any = None,
     ) -> None:
-        super().__init__()
         check_gamma(gamma)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.gamma, self.projection_dim, self.batch_size, self.seed = gamma, projection_dim, int(batch_size), seed
-        self.ln_scale = None if ln_scale is None else np.asarray(ln_scale, np.float64).tolist()
-        self.ln_bias = None if ln_bias is None else np.asarray(ln_bias, np.float64).tolist()
-        self.dtype = None if dtype is None else np.dtype(dtype).name
-
-    def get_params(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "projection_dim": self.projection_dim, "batch_size": self.batch_size,
-                "ln_scale": self.ln_scale, "ln_bias": self.ln_bias, "seed": self.seed, "dtype": self.dtype}
-
-    def _init_state(self, in_dim: int, classes: int) -> FOALState:
-        params = self.get_params()
-        params.pop("batch_size")
-        return init(in_dim, classes, params.pop("gamma"), **params)
+        # LayerNorm affine kept as lists so that the options stay JSON-storable in checkpoints.
+        ln_scale, ln_bias = (None if v is None else np.asarray(v, np.float64).tolist() for v in (ln_scale, ln_bias))
+        super().__init__(gamma=gamma, projection_dim=projection_dim, batch_size=int(batch_size), ln_scale=ln_scale,
+                         ln_bias=ln_bias, seed=seed, dtype=dtype)
 
     def _check_x(self, x: Any, name: str = "x") -> jax.Array:
         return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name)
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[2]
-
-    def _update(self, state: FOALState, x: jax.Array, y: np.ndarray) -> FOALState:
-        return update(state, x, y, self.batch_size)

@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
 from analytic.dtypes import HIGHEST, resolve_dtype
@@ -119,30 +118,17 @@ class GACL(ContinualClassifier):
     """GACL with scikit-learn verbs; ``partial_fit`` = one stream batch."""
 
     _module = sys.modules[__name__]
+    _update_options = ("online_iter",)
 
     def __init__(
         self, gamma: float = 100.0, *, online_iter: int = 1, buffer_size: int | None = None,
         buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
     ) -> None:
-        super().__init__()
         check_gamma(gamma)
         if int(online_iter) != online_iter or online_iter < 1:
             raise ValueError(f"online_iter must be a positive integer, got {online_iter!r}")
-        self.gamma, self.online_iter, self.buffer_size = gamma, int(online_iter), buffer_size
-        self.buffer_init, self.seed = buffer_init, seed
-        self.dtype = None if dtype is None else np.dtype(dtype).name
-
-    def get_params(self) -> dict[str, Any]:
-        return {"gamma": self.gamma, "online_iter": self.online_iter, "buffer_size": self.buffer_size,
-                "buffer_init": self.buffer_init, "seed": self.seed, "dtype": self.dtype}
-
-    def _init_state(self, in_dim: int, classes: int) -> GACLState:
-        params = self.get_params()
-        params.pop("online_iter")
-        return init(in_dim, classes, params.pop("gamma"), **params)
-
-    def _update(self, state: GACLState, x: jax.Array, y: np.ndarray) -> GACLState:
-        return update(state, x, y, self.online_iter)
+        super().__init__(gamma=gamma, online_iter=int(online_iter), buffer_size=buffer_size, buffer_init=buffer_init,
+                         seed=seed, dtype=dtype)
 
     @property
     def coef_(self) -> jax.Array:
