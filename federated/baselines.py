@@ -122,7 +122,9 @@ def fedavg(
     nonempty = np.flatnonzero(counts)
     if nonempty.size == 0:
         raise ValueError("every client is empty")
-    rows = np.zeros((len(parts), int(counts.max())), dtype=np.int32)
+    # One padded width for the whole run (a power of two): every round reuses one compiled program.
+    width = max(8, 1 << (int(counts.max()) - 1).bit_length())
+    rows = np.zeros((len(parts), width), dtype=np.int32)
     for c, p in enumerate(parts):
         rows[c, : len(p)] = p
     sampled = max(1, round(client_fraction * nonempty.size))
@@ -136,11 +138,7 @@ def fedavg(
     for r in tqdm(range(1, rounds + 1), desc="FedProx" if mu else "FedAvg", disable=not progress, leave=False):
         chosen = np.sort(rng.choice(nonempty, sampled, replace=False))
         key, sub = jax.random.split(key)
-        # The padded width is the largest chosen client, rounded up to a power of two (few recompilations).
-        width = max(8, 1 << (int(counts[chosen].max()) - 1).bit_length())
-        sel_rows = np.zeros((sampled, width), np.int32)
-        sel_rows[:, : min(width, rows.shape[1])] = rows[chosen, :width]
-        params = _round(params, x, yj, jnp.asarray(sel_rows), jnp.asarray(counts[chosen]), sub, float(mu),
+        params = _round(params, x, yj, jnp.asarray(rows[chosen]), jnp.asarray(counts[chosen]), sub, float(mu),
                         lr=float(lr), momentum=float(momentum), steps_per_epoch=-(-width // batch_size),
                         local_epochs=int(local_epochs), batch_size=int(batch_size))
         log.record({int(c): size for c in chosen}, {int(c): size for c in chosen})

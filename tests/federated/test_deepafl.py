@@ -85,9 +85,10 @@ def test_deepafl_beats_afl_where_a_linear_head_is_weak():
     # Both are partition-invariant (tested above), so one client holding everything stands for any split.
     linear = afl.aggregate([afl.client_stats(x, y, 1.0, 10)])
     afl_acc = float(np.mean(np.asarray(afl.predict(linear.weight, x_test)) == y_test))
-    deep_acc = deepafl.DeepAFL(phi_dim=128, block_dim=128, layers=2).fit(x, y).score(x_test, y_test)
-    # Measured here: AFL 0.23 (raw mnist1d is far from linearly separable), DeepAFL 0.43.
-    assert deep_acc > afl_acc + 0.1, (deep_acc, afl_acc)
+    deep_acc = deepafl.DeepAFL(**SMALL).fit(x, y).score(x_test, y_test)
+    # Measured here: AFL 0.23 (raw mnist1d is far from linearly separable); DeepAFL 0.35 with these small
+    # layers (0.43 with d_Φ = d_F = 128, T = 2; the benchmark runs the authors' sizes).
+    assert deep_acc > afl_acc + 0.08, (deep_acc, afl_acc)
 
 
 def test_protocol_has_2t_plus_1_rounds_and_counts_every_byte(digits):
