@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from peft_probe.lora import LoraConfig, inject_lora, lora_modules, save_adapters, trainable_count
 
-__all__ = ["check_batch", "answer_token_loss", "per_example_loss", "default_optimizer", "finetune", "FinetuneResult",
-           "answer_token_accuracy"]
+__all__ = ["train_step", "check_batch", "answer_token_loss", "per_example_loss", "default_optimizer", "finetune",
+           "FinetuneResult", "answer_token_accuracy"]
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
 
@@ -98,7 +98,7 @@ class FinetuneResult(NamedTuple):
 
 
 @nnx.jit
-def _train_step(model: nnx.Module, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]) -> jax.Array:
+def train_step(model: nnx.Module, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]) -> jax.Array:
     diff = nnx.DiffState(0, nnx.LoRAParam)
     loss, grads = nnx.value_and_grad(answer_token_loss, argnums=diff)(model, batch)
     optimizer.update(model, grads)
@@ -115,16 +115,19 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
     docstring), cycled until ``steps`` (default: one pass); optimizer: default ``default_optimizer(steps=steps)``;
     checkpoint: folder for an orbax checkpoint of the trained adapters. Base weights are never changed.
     """
-    if config is not None:
-        inject_lora(model, config, rngs)
-    if not lora_modules(model):
+    # everything is validated before the model is touched, so a bad call leaves it as it was
+    if config is None and not lora_modules(model):
         raise ValueError("model has no LoRA adapters; pass a LoraConfig or call inject_lora first")
+    if config is not None and not isinstance(config, LoraConfig):
+        raise TypeError(f"config must be a LoraConfig or None, got {type(config).__name__}")
     batches = [check_batch(b, f"data[{i}]") for i, b in enumerate(data)]
     if not batches:
         raise ValueError("data is empty; need at least one batch")
     steps = len(batches) if steps is None else int(steps)
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
+    if config is not None:
+        inject_lora(model, config, rngs)
     tx = default_optimizer(steps=steps) if optimizer is None else optimizer
     opt = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)
     model.train()
@@ -133,7 +136,7 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
     for step in tqdm(range(steps), desc="finetune", disable=not progress):
         t0 = time.perf_counter()
         batch = {k: jnp.asarray(v) for k, v in batches[step % len(batches)].items()}
-        losses.append(float(_train_step(model, opt, batch)))
+        losses.append(float(train_step(model, opt, batch)))
         times.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - start
     model.eval()

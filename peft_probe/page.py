@@ -20,7 +20,7 @@ import csv
 import functools
 import io
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +40,8 @@ from peft_probe.lora import (
     module_layer,
 )
 
-__all__ = ["VARIANTS", "ModuleScore", "PageScores", "page_scores", "kernel_gradient_fn", "plot_page_heatmap"]
+__all__ = ["VARIANTS", "ModuleScore", "PageScores", "page_scores", "page_scores_all", "kernel_gradient_fn",
+           "plot_page_heatmap"]
 
 VARIANTS = ("concrete", "expectation", "raw", "per_example", "normalized")
 _MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -162,8 +163,18 @@ def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config:
     cross entropy. One backward pass per batch. ``seed``/``num_draws``: the concrete variant's ``A`` draws,
     ``A`` of draw ``j`` = the ``A`` that ``inject_lora(model, config, seed + j)`` creates.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return page_scores_all(model, batches, config, (variant,), seed, num_draws, progress)[variant]
+
+
+def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
+                    variants: Sequence[str] = VARIANTS, seed: int = 0, num_draws: int = 1, progress: bool = False
+                    ) -> dict[str, PageScores]:
+    """Several variants from shared gradients: one backward pass per batch for all batch-gradient variants, plus
+    one vmapped per-example pass if ``"per_example"`` is asked for."""
+    variants = tuple(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {unknown or variants!r}")
     if int(num_draws) < 1:
         raise ValueError(f"num_draws must be >= 1, got {num_draws!r}")
     config = LoraConfig(r=8, alpha=16, target_modules=ALL_LINEAR) if config is None else config
@@ -178,21 +189,27 @@ def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config:
     modules = candidate_modules(model, config)
     if not modules:
         raise ValueError(f"config.target_modules={config.target_modules!r} selects no linear module")
-    step = kernel_gradient_fn(model, modules, per_example=variant == "per_example")
     seeds = jnp.arange(int(num_draws)) + int(seed)
+    groups = [(False, [v for v in variants if v != "per_example"]), (True, [v for v in variants if v == "per_example"])]
+    totals = {v: dict.fromkeys(modules, 0.0) for v in variants}
+    for per_example, group in groups:
+        if not group:
+            continue
+        step = kernel_gradient_fn(model, modules, per_example=per_example)
+        for batch in _progress(checked, progress):
+            grads = step({k: jnp.asarray(v) for k, v in batch.items()})
+            for variant in group:
+                for name, value in _energies(grads, seeds, variant, config).items():
+                    totals[variant][name] += float(value) / len(checked)
+    return {v: _table(v, totals[v], len(checked)) for v in variants}
 
-    energy = functools.partial(_energies, variant=variant, config=config)
 
-    totals = {name: 0.0 for name in modules}
-    for batch in _progress(checked, progress):
-        scores = energy(step({k: jnp.asarray(v) for k, v in batch.items()}), seeds)
-        for name, value in scores.items():
-            totals[name] += float(value) / len(checked)
+def _table(variant: str, totals: dict[str, float], batches: int) -> PageScores:
     grand = sum(totals.values())
     rows = [ModuleScore(n, module_layer(n), n.rsplit(".", 1)[-1], v, v / grand if grand > 0 else 0.0)
             for n, v in totals.items()]
     rows.sort(key=lambda r: (-r.score, r.layer, r.name))
-    return PageScores(variant, rows, len(checked))
+    return PageScores(variant, rows, batches)
 
 
 def _progress(items: list, enabled: bool) -> Iterable:

@@ -99,12 +99,18 @@ _CODE_SPECS: tuple[tuple[str, str, Callable[[int], tuple[str, list[tuple[Any, An
     ("mod_{k}", "returns the remainder of x divided by {k}", lambda k: (f"x % {k}", [(x, x % k) for x in (0, 7, 23)])),
     ("is_above_{k}", "returns True if x is greater than {k}, else False",
      lambda k: (f"x > {k}", [(k - 1, False), (k, False), (k + 1, True)])),
+    ("minus_{k}", "returns x minus {k}", lambda k: (f"x - {k}", [(x, x - k) for x in (0, 5, -2)])),
+    ("at_least_{k}", "returns the larger of x and {k}",
+     lambda k: (f"max(x, {k})", [(x, max(x, k)) for x in (0, k, 99)])),
+    ("at_most_{k}", "returns the smaller of x and {k}",
+     lambda k: (f"min(x, {k})", [(x, min(x, k)) for x in (0, k, 99)])),
+    ("div_{k}", "returns x divided by {k}, rounded down", lambda k: (f"x // {k}", [(x, x // k) for x in (0, 17, 100)])),
 )
 
 
 def _code(rng: np.random.Generator) -> Example:
     name_t, what_t, body = _CODE_SPECS[int(rng.integers(len(_CODE_SPECS)))]
-    k = int(rng.integers(2, 10))
+    k = int(rng.integers(2, 60))
     name = name_t.format(k=k)
     expr, cases = body(k)
     prompt = f"Write a Python function {name}(x) that {what_t.format(k=k)}. Reply with code only."
@@ -115,7 +121,7 @@ def _code(rng: np.random.Generator) -> Example:
 def _dialogue(rng: np.random.Generator) -> Example:
     facts = {"name": str(rng.choice(_NAMES)), "favourite colour": str(rng.choice(_COLOURS)),
              "city": str(rng.choice(_CITIES)), "pet": str(rng.choice(_PETS))}
-    order = [str(k) for k in rng.permutation(list(facts))[:3]]
+    order = [str(k) for k in rng.permutation(list(facts))[:2]]  # two facts keep a chat within 64 tokens
     acks = ("Got it.", "Nice!", "Noted.", "Thanks for telling me.")
     messages: list[dict[str, str]] = []
     for key in order:

@@ -1,0 +1,57 @@
+"""DomLoRA: the dominant module is PAGE's argmax and the config places exactly one adapter there."""
+
+from __future__ import annotations
+
+import pytest
+
+from peft_probe.domlora import dominant_module, domlora_config, top_k_config
+from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, lora_modules, trainable_count
+from peft_probe.page import ModuleScore, PageScores, page_scores
+from tests.peft_probe.lora_fixtures import random_batch, tiny_model
+
+
+def _table(scores: dict[str, float]) -> PageScores:
+    total = sum(scores.values())
+    rows = [ModuleScore(n, int(n.split(".")[2]), n.rsplit(".", 1)[-1], v, v / total) for n, v in scores.items()]
+    return PageScores("raw", sorted(rows, key=lambda r: (-r.score, r.layer, r.name)), 1)
+
+
+def test_dominant_module_is_the_argmax_of_page():
+    model = tiny_model()
+    scores = page_scores(model, [random_batch(0)], LoraConfig(r=4, alpha=8, target_modules=ALL_LINEAR), "raw")
+    best = dominant_module(scores)
+    assert best.score == max(r.score for r in scores.rows)
+    config = domlora_config(scores, r=4)
+    assert config.target_modules == (best.module,) and config.layers_to_transform == (best.layer,)
+    assert (config.r, config.alpha) == (4, 8.0)
+    assert inject_lora(model, config, 0) == [best.name]
+    d_in, d_out = lora_modules(model)[best.name].base_layer.kernel.shape
+    assert trainable_count(model) == 4 * (d_in + d_out)
+
+
+def test_domlora_places_one_down_proj_like_the_paper():
+    table = _table({"model.layers.0.mlp.down_proj": 1.0, "model.layers.1.mlp.down_proj": 3.0,
+                    "model.layers.1.self_attn.q_proj": 2.0})
+    config = domlora_config(table, r=8, alpha=16)
+    assert config == LoraConfig(r=8, alpha=16, target_modules=("down_proj",), layers_to_transform=(1,))
+    model = tiny_model()
+    assert inject_lora(model, config, 0) == ["model.layers.1.mlp.down_proj"]
+    # SmolLM2-135M arithmetic from METHODS.md: one down_proj has r (1536 + 576) = 2112 r of 305,280 r (0.69%)
+    assert 2112 / 305_280 == pytest.approx(0.0069, abs=1e-4)
+
+
+def test_top_k_config_selects_the_k_best_modules_exactly():
+    table = _table({"model.layers.0.mlp.down_proj": 1.0, "model.layers.1.mlp.down_proj": 3.0,
+                    "model.layers.1.self_attn.q_proj": 2.0, "model.layers.0.self_attn.q_proj": 0.5})
+    model = tiny_model()
+    assert set(inject_lora(model, top_k_config(table, 2, r=2), 0)) == {"model.layers.1.mlp.down_proj",
+                                                                        "model.layers.1.self_attn.q_proj"}
+    with pytest.raises(ValueError, match="k must be"):
+        top_k_config(table, 5)
+
+
+def test_bad_scores_are_rejected():
+    with pytest.raises(TypeError, match="PageScores"):
+        dominant_module({"a": 1.0})
+    with pytest.raises(ValueError, match="no modules"):
+        domlora_config(PageScores("raw", [], 1))
