@@ -20,6 +20,7 @@ from flax import nnx
 from peft_probe.models.llama import LlamaForCausalLM
 
 _BUCKET = 16
+_LOGIT_BUCKET = 64
 
 
 def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[np.ndarray]:
@@ -95,12 +96,29 @@ def chat(model: LlamaForCausalLM, tokenizer: Any, message: str, max_new_tokens: 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
-def _nll_sums(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    logits = nnx.merge(graphdef, state)(ids, mask)[:, :-1]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-    weight = (mask[:, 1:] * mask[:, :-1]).astype(jnp.float32)
-    return -(picked * weight).sum(), weight.sum()
+def _logits(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    return nnx.merge(graphdef, state)(ids, mask)
+
+
+def causal_logits(model: LlamaForCausalLM, input_ids: Any, attention_mask: Any = None) -> np.ndarray:
+    """Logits ``(b, t, vocab)`` float32 of ``input_ids: (b, t)`` (right padding marked by ``attention_mask``).
+
+    The token axis is right-padded to a multiple of 64 inside, so nearby lengths share one compilation; by
+    causality the padding never changes the logits of the tokens before it.
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (batch, tokens >= 1), got {ids.shape}")
+    _check_prompts(list(ids), model.config.vocab_size)
+    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+    b, t = ids.shape
+    width = -(-t // _LOGIT_BUCKET) * _LOGIT_BUCKET
+    padded_ids, padded_mask = np.zeros((b, width), np.int32), np.zeros((b, width), np.int32)
+    padded_ids[:, :t], padded_mask[:, :t] = ids, mask
+    graphdef, state = nnx.split(model)
+    return np.asarray(_logits(graphdef, state, jnp.asarray(padded_ids), jnp.asarray(padded_mask)))[:, :t]
 
 
 def mean_token_nll(model: LlamaForCausalLM, input_ids: Any, attention_mask: Any = None) -> float:
@@ -111,12 +129,12 @@ def mean_token_nll(model: LlamaForCausalLM, input_ids: Any, attention_mask: Any 
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or ids.shape[1] < 2:
         raise ValueError(f"input_ids must have shape (batch, tokens >= 2), got {ids.shape}")
-    (_,) = _check_prompts([ids.ravel()], model.config.vocab_size)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-    if mask.shape != ids.shape:
-        raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
-    graphdef, state = nnx.split(model)
-    total, count = _nll_sums(graphdef, state, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
-    if float(count) == 0:
+    logits = causal_logits(model, ids, mask)[:, :-1].astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_norm = np.log(np.exp(logits - top).sum(-1)) + top[..., 0]
+    picked = np.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0] - log_norm
+    weight = (mask[:, 1:] * mask[:, :-1]).astype(np.float64)
+    if weight.sum() == 0:
         raise ValueError("attention_mask leaves no predicted token")
-    return float(total) / float(count)
+    return float(-(picked * weight).sum() / weight.sum())

@@ -13,13 +13,12 @@ from tests.peft_probe import reference
 
 
 @nnx.jit
-def _hidden(model, ids, mask):
-    return model(ids, mask)
+def _hidden_and_embedding(model, ids, mask):
+    return model(ids, mask), model.encode(ids, mask)
 
 
-@nnx.jit
 def _encode(model, ids, mask):
-    return model.encode(ids, mask)
+    return _hidden_and_embedding(model, ids, mask)[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,35 +29,35 @@ def tiny64() -> BertModel:
     return model
 
 
-def _ids(b, t, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).integers(0, 128, (b, t)), jnp.int32)
+@pytest.fixture(scope="module")
+def padded_batch(tiny64):
+    """Two sequences of 8 and 5 tokens (the second right-padded) through one compiled call."""
+    ids = np.random.default_rng(2).integers(1, 128, (2, 8))
+    mask = np.array([[1] * 8, [1] * 5 + [0] * 3])
+    ids[1, 5:] = 0
+    hidden, emb = _hidden_and_embedding(tiny64, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32))
+    return ids, np.asarray(hidden), np.asarray(emb)
 
 
-def test_float64_bert_equals_numpy_reference(tiny64):
-    ids = np.random.default_rng(1).integers(0, 128, 9)
-    want = reference.bert_hidden(reference.hf_tensors(tiny64), ids, 2, 4, 1e-12)
-    got = np.asarray(_hidden(tiny64, jnp.asarray(ids[None], jnp.int32), jnp.ones((1, 9), jnp.int32)))[0]
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)  # float64 on both sides: rounding only
+def test_float64_bert_equals_numpy_reference(tiny64, padded_batch):
+    ids, hidden, _ = padded_batch
+    want = reference.bert_hidden(reference.hf_tensors(tiny64), ids[0], 2, 4, 1e-12)
+    np.testing.assert_allclose(hidden[0], want, rtol=1e-10, atol=1e-10)  # float64 on both sides: rounding only
 
 
-def test_padding_changes_neither_hidden_states_nor_sentence_embedding(tiny64):
-    ids = _ids(2, 8, seed=2)
-    mask = jnp.array([[1] * 8, [1] * 5 + [0] * 3], jnp.int32)
-    padded = jnp.where(mask == 1, ids, 0)
-    hidden = np.asarray(_hidden(tiny64, padded, mask))
-    alone = np.asarray(_hidden(tiny64, ids[1:, :5], jnp.ones((1, 5), jnp.int32)))
-    np.testing.assert_allclose(hidden[1, :5], alone[0], atol=1e-10)
-    emb = np.asarray(_encode(tiny64, padded, mask))
-    np.testing.assert_allclose(emb[1], np.asarray(_encode(tiny64, ids[1:, :5], jnp.ones((1, 5), jnp.int32)))[0],
-                               atol=1e-10)
+def test_padding_changes_neither_hidden_states_nor_sentence_embedding(tiny64, padded_batch):
+    ids, hidden, emb = padded_batch
+    # The reference sees only the 5 real tokens, no padding at all.
+    alone = reference.bert_hidden(reference.hf_tensors(tiny64), ids[1, :5], 2, 4, 1e-12)
+    np.testing.assert_allclose(hidden[1, :5], alone, rtol=1e-10, atol=1e-10)
     # Sentence-BERT pooling, literally: mean over real tokens, then unit L2 norm.
-    mean = hidden[1, :5].mean(0)
+    mean = alone.mean(0)
     np.testing.assert_allclose(emb[1], mean / np.linalg.norm(mean), atol=1e-10)
 
 
 def test_too_long_input_is_rejected(tiny64):
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
-        tiny64(_ids(1, 65))
+        tiny64(jnp.zeros((1, 65), jnp.int32))
 
 
 def test_inconsistent_config_is_rejected():

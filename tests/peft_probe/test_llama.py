@@ -168,7 +168,7 @@ def test_peft_paths_split_merge_and_module_replacement(tiny):
         def __call__(self, x):
             return self.base(x) + self.shift
 
-    model = nnx.merge(graphdef, state)  # a copy: the shared fixture stays untouched
+    model = nnx.clone(tiny)  # a deep copy: merge(split()) would share Variables with the fixture
     model.model.layers[1].mlp.down_proj = AddShift(model.model.layers[1].mlp.down_proj)
     np.testing.assert_allclose(forward(model, ids), forward(tiny, ids), atol=1e-6)
 
@@ -256,6 +256,23 @@ def test_generation_rejects_bad_input(tiny, prompts, steps, error, match):
         greedy_generate(tiny, prompts, max_new_tokens=steps)
 
 
+def test_bucketed_logits_and_token_nll_match_a_direct_computation(tiny):
+    from scipy.special import log_softmax
+
+    from peft_probe.generate import causal_logits, mean_token_nll
+
+    ids = np.asarray(_ids(2, 8, seed=9))
+    mask = np.array([[1] * 8, [1] * 6 + [0] * 2])
+    direct = forward(tiny, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(causal_logits(tiny, ids, mask), direct, atol=1e-5)  # padded to 64 inside
+    logp = log_softmax(direct[:, :-1].astype(np.float64), axis=-1)
+    picked = np.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+    want = -(picked[0].sum() + picked[1, :5].sum()) / 12  # 7 + 5 predicted tokens
+    assert mean_token_nll(tiny, ids, mask) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ValueError, match="tokens >= 2"):
+        mean_token_nll(tiny, ids[:, :1])
+
+
 # ------------------------------------------------------------------------------------------- real weights
 ENGLISH = ("The history of science is the study of the development of science and scientific knowledge, "
            "including both the natural and social sciences. Science is a body of empirical, theoretical, and "
@@ -289,7 +306,7 @@ def test_smollm2_perplexity_is_low_on_english_and_high_when_broken(smollm2):
     np.random.default_rng(0).shuffle(shuffled[0])
     ppl_shuffled = np.exp(mean_token_nll(model, shuffled))
     # Skipping the GGUF q/k un-permutation scrambles rotary pairs: the loader would be silently wrong.
-    broken = nnx.merge(*nnx.split(model))
+    broken = nnx.clone(model)  # merge(split(model)) would share the Variables
     for layer in broken.model.layers:
         for proj, heads in ((layer.self_attn.q_proj, config.num_attention_heads),
                             (layer.self_attn.k_proj, config.num_key_value_heads)):
@@ -300,3 +317,4 @@ def test_smollm2_perplexity_is_low_on_english_and_high_when_broken(smollm2):
     assert ppl < 60
     assert ppl_shuffled > 10 * ppl
     assert ppl_broken > 2 * ppl
+    assert np.exp(mean_token_nll(model, ids)) == ppl  # the shared fixture was not touched by the broken copy

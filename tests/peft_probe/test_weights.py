@@ -118,9 +118,11 @@ def dataclasses_without(config, field):
 def test_smollm2_logits_match_numpy_llama_on_raw_gguf_tensors(smollm2):
     import gguf
 
+    from peft_probe.generate import causal_logits
+
     config, model, tok = smollm2
     reader = weights.gguf_reader()
-    raw = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64) for t in reader.tensors}
+    raw = {t.name: gguf.quants.dequantize(t.data, t.tensor_type) for t in reader.tensors}  # float32; x is float64
     names = dict(q="attn_q", k="attn_k", v="attn_v", o="attn_output", gate="ffn_gate", up="ffn_up",
                  down="ffn_down", attn_norm="attn_norm", ffn_norm="ffn_norm")
     w = {"embed": raw["token_embd.weight"], "norm": raw["output_norm.weight"],
@@ -130,7 +132,7 @@ def test_smollm2_logits_match_numpy_llama_on_raw_gguf_tensors(smollm2):
     # q/k stay in llama.cpp's row order here, rotated by adjacent pairs: independent of unpermute_rotary_rows.
     want = reference.llama_logits(w, ids, config.num_attention_heads, config.num_key_value_heads,
                                   config.rms_norm_eps, config.rope_theta, rope="interleaved")
-    got = np.asarray(_apply(model, jnp.asarray(ids[None], jnp.int32)))[0]
+    got = causal_logits(model, ids[None])[0]  # the compiled forward the perplexity test uses too
     # float32 through 30 layers against float64: logits (scale ~20) agree to ~1e-3.
     np.testing.assert_allclose(got, want, atol=5e-3 * np.abs(want).max())
     np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
