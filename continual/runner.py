@@ -18,13 +18,41 @@ from tqdm.auto import tqdm
 from continual import metrics
 from continual.scenarios import Phase, online
 
-__all__ = ["Learner", "RunResult", "run_protocol", "summarize"]
+__all__ = ["Learner", "RunResult", "run_protocol", "summarize", "FeaturesAsOneBlock", "state_bytes"]
 
 
 class Learner(Protocol):
     def partial_fit(self, x: Any, y: Any, classes: Any = None) -> Any: ...
 
     def predict(self, x: Any) -> Any: ...
+
+
+class FeaturesAsOneBlock:
+    """Feed ``(n, D)`` features to a learner that reads per-block class tokens ``(n, L, D)`` (F-OAL) as ``L = 1``.
+
+    With one block, F-OAL's fusion (mean over blocks -> LayerNorm -> projection -> sigmoid) acts on the features
+    themselves, so any frozen backbone's output can drive it.
+    """
+
+    def __init__(self, learner: Any) -> None:
+        self.learner = learner
+
+    def partial_fit(self, x: Any, y: Any, classes: Any = None) -> FeaturesAsOneBlock:
+        self.learner.partial_fit(np.asarray(x)[:, None, :], y, classes=classes)
+        return self
+
+    def predict(self, x: Any) -> np.ndarray:
+        return np.asarray(self.learner.predict(np.asarray(x)[:, None, :]))
+
+
+def state_bytes(learner: Any) -> int:
+    """Bytes of the arrays a learner keeps between calls (state pytree, parameters, replay memory)."""
+    import jax
+
+    learner = getattr(learner, "learner", learner)
+    held = [getattr(learner, name, None) for name in ("state", "state_", "params_", "_opt_state", "_memory_x",
+                                                      "_memory_y")]
+    return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(held) if hasattr(leaf, "nbytes")))
 
 
 class RunResult(NamedTuple):
@@ -90,8 +118,9 @@ def run_protocol(
         streamed += idx.size
         seen |= set(np.unique(y_train[idx]).tolist())
         if eval_every is not None and streamed >= next_mark:
+            # Predict the whole test set and select afterwards: a fixed input shape compiles once.
             mask = np.isin(y_test, list(seen))
-            anytime.append(metrics.accuracy(y_test[mask], _predict(learner, x_test[mask])))
+            anytime.append(metrics.accuracy(y_test[mask], _predict(learner, x_test)[mask]))
             anytime_at.append(streamed)
             next_mark = (streamed // eval_every + 1) * eval_every
         if step in phase_ends:

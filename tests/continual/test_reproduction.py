@@ -18,7 +18,7 @@ import pytest
 from continual import ACIL, AIR, DSAL, FOAL, GACL
 from continual.baselines import FineTune, JointRidge
 from continual.data import frozen_backbone_features, load_digits, load_mnist1d
-from continual.runner import run_protocol, summarize
+from continual.runner import FeaturesAsOneBlock, run_protocol, summarize
 from continual.scenarios import class_incremental
 
 BUFFER = 512
@@ -27,25 +27,11 @@ BUFFER = 512
 CLASSES = 10
 
 
-class TokensAsOneBlock:
-    """F-OAL reads per-block class tokens ``(n, L, D)``; a single feature vector is one block (``L = 1``)."""
-
-    def __init__(self, learner: FOAL) -> None:
-        self.learner = learner
-
-    def partial_fit(self, x: np.ndarray, y: np.ndarray, classes: object = None) -> TokensAsOneBlock:
-        self.learner.partial_fit(x[:, None, :], y, classes)
-        return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.learner.predict(x[:, None, :])
-
-
 LEARNERS = {
     "ACIL": lambda: ACIL(gamma=1.0, buffer_size=BUFFER),
     "DS-AL": lambda: DSAL(gamma_main=1.0, gamma_comp=1.0, buffer_size=BUFFER),
     "GACL": lambda: GACL(gamma=1.0, buffer_size=BUFFER),
-    "F-OAL": lambda: TokensAsOneBlock(FOAL(gamma=1.0, projection_dim=BUFFER, batch_size=64)),
+    "F-OAL": lambda: FeaturesAsOneBlock(FOAL(gamma=1.0, projection_dim=BUFFER, batch_size=64)),
     "AIR": lambda: AIR(gamma=1.0, buffer_size=BUFFER),
 }
 
