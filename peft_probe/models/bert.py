@@ -107,9 +107,12 @@ class BertSelfAttention(nnx.Module):
         return jnp.einsum("bhts,bshd->bthd", probs, v).reshape(b, t, d)
 
 
-class BertSelfOutput(nnx.Module):
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = _dense(config.hidden_size, config.hidden_size, config, rngs)
+class BertResidualOutput(nnx.Module):
+    """``LayerNorm(dense(h) + residual)``: HF's ``BertSelfOutput`` (d_in = hidden) and ``BertOutput``
+    (d_in = intermediate) have this same form."""
+
+    def __init__(self, d_in: int, config: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _dense(d_in, config.hidden_size, config, rngs)
         self.LayerNorm = _layer_norm(config, rngs)
 
     def __call__(self, h: jax.Array, residual: jax.Array) -> jax.Array:
@@ -119,7 +122,7 @@ class BertSelfOutput(nnx.Module):
 class BertAttention(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.self = BertSelfAttention(config, rngs=rngs)
-        self.output = BertSelfOutput(config, rngs=rngs)
+        self.output = BertResidualOutput(config.hidden_size, config, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array) -> jax.Array:
         return self.output(self.self(x, key_mask), x)
@@ -133,20 +136,11 @@ class BertIntermediate(nnx.Module):
         return jax.nn.gelu(self.dense(x), approximate=False)  # HF "gelu" is the exact erf form
 
 
-class BertOutput(nnx.Module):
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = _dense(config.intermediate_size, config.hidden_size, config, rngs)
-        self.LayerNorm = _layer_norm(config, rngs)
-
-    def __call__(self, h: jax.Array, residual: jax.Array) -> jax.Array:
-        return self.LayerNorm(self.dense(h) + residual)
-
-
 class BertLayer(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.attention = BertAttention(config, rngs=rngs)
         self.intermediate = BertIntermediate(config, rngs=rngs)
-        self.output = BertOutput(config, rngs=rngs)
+        self.output = BertResidualOutput(config.intermediate_size, config, rngs=rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array) -> jax.Array:
         x = self.attention(x, key_mask)
