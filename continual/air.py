@@ -12,12 +12,13 @@ counts of *all* data seen, so the head cannot be updated recursively; AIR keeps 
 **Memory.** ``statistics="full"`` keeps one ``d×d`` Gram per class: ``O(c·d²)`` floats (100 classes × 2048² float64
 is 3.4 GB). ``statistics="diagonal"`` keeps the total Gram ``XᵀX`` plus each class's diagonal ``diag(X_cᵀX_c)``:
 ``O(d² + c·d)``. It rebuilds each class's Gram from its mean (exact, ``s_c s_cᵀ / n_c``), its own per-feature
-within-class variances (exact) and the *pooled* within-class off-diagonal covariance (approximate)::
+within-class variances ``v_c`` (exact) and the *pooled* within-class correlation ``K`` (approximate)::
 
-    X_cᵀX_c ≈ n_c (offdiag(S_w) + diag(v_c)) + s_c s_cᵀ / n_c,    S_w = (XᵀX − Σ_c s_c s_cᵀ / n_c) / n
+    X_cᵀX_c ≈ n_c V_c^½ K V_c^½ + s_c s_cᵀ / n_c,    K = corr(S_w),  S_w = (XᵀX − Σ_c s_c s_cᵀ / n_c) / n
 
-It is therefore exact whenever all classes share one within-class off-diagonal covariance (the LDA assumption;
-in particular equal class covariances) and for any data when ``π`` is uniform; otherwise it is an approximation.
+so ``Σ_c π_c X_cᵀX_c ≈ K ∘ (Σ_c π_c n_c √v_c √v_cᵀ) + Σ_c π_c s_c s_cᵀ / n_c``, positive semi-definite by the
+Schur product theorem (a Hadamard product of PSD matrices). It is exact whenever the class covariances are scalar
+multiples of one common matrix (in particular equal, the LDA assumption) and an approximation otherwise.
 The authors' code normalizes ``π`` to mean 1 over the class columns (``normalize=True`` reproduces that).
 """
 
@@ -133,7 +134,7 @@ def class_weights(state: AIRState) -> jax.Array:
 
 @jax.jit
 def weighted_statistics(state: AIRState) -> tuple[jax.Array, jax.Array]:
-    """``(Σ_c π_c X_cᵀX_c, Σ_c π_c X_cᵀY_c)`` -- exact (``"full"``) or pooled-covariance (``"diagonal"``)."""
+    """``(Σ_c π_c X_cᵀX_c, Σ_c π_c X_cᵀY_c)`` -- exact (``"full"``) or pooled-correlation (``"diagonal"``)."""
     pi = class_weights(state)
     xty = state.stats.xty * pi[None, :]
     if state.class_gram.ndim == 3:
@@ -143,13 +144,13 @@ def weighted_statistics(state: AIRState) -> tuple[jax.Array, jax.Array]:
     sums = state.stats.xty                                              # s_c = X_cᵀ1 (one-hot targets)
     between = jnp.matmul(sums * inv_n[None, :], sums.T, precision=HIGHEST)     # Σ_c s_c s_cᵀ / n_c
     pooled = (state.stats.xtx - between) / jnp.maximum(jnp.sum(n_c), 1.0)
-    within_diag = state.class_gram - (sums.T**2) * inv_n[:, None]        # n_c v_c: (c, d)
-    offdiag = pooled - jnp.diag(jnp.diag(pooled))
-    weighted = (
-        jnp.sum(pi * n_c) * offdiag
-        + jnp.diag(jnp.sum(pi[:, None] * within_diag, axis=0))
-        + jnp.matmul(sums * (pi * inv_n)[None, :], sums.T, precision=HIGHEST)
-    )
+    sd = jnp.sqrt(jnp.maximum(jnp.diag(pooled), 0.0))
+    inv_sd = jnp.where(sd > 0, 1.0 / jnp.where(sd > 0, sd, 1.0), 0.0)
+    corr = pooled * inv_sd[:, None] * inv_sd[None, :]
+    corr = corr.at[jnp.diag_indices(corr.shape[0])].set(1.0)
+    class_sd = jnp.sqrt(jnp.maximum(state.class_gram - (sums.T**2) * inv_n[:, None], 0.0) * inv_n[:, None])
+    scales = jnp.matmul(class_sd.T * (pi * n_c)[None, :], class_sd, precision=HIGHEST)  # Σ π_c n_c √v_c √v_cᵀ
+    weighted = corr * scales + jnp.matmul(sums * (pi * inv_n)[None, :], sums.T, precision=HIGHEST)
     return weighted, xty
 
 

@@ -52,26 +52,28 @@ def test_air_power_zero_is_plain_ridge_and_inverse_counts_rectify_the_tail():
     assert balanced_accuracy(AIR(GAMMA)) > balanced_accuracy(AIR(GAMMA, power=0.0)) + 0.05
 
 
-def test_air_diagonal_is_exact_for_uniform_weights_on_any_data():
-    _, x, y = _long_tailed(2)
-    full = AIR(GAMMA, power=0.0).fit(x, y)
-    diag = AIR(GAMMA, power=0.0, statistics="diagonal").fit(x, y)
-    assert rel_err(diag.coef_, full.coef_) <= 1e-8
-
-
-def test_air_diagonal_is_exact_when_classes_share_a_covariance_and_approximate_otherwise():
+def test_air_diagonal_is_exact_when_class_covariances_are_scalar_multiples_and_approximate_otherwise():
     rng = np.random.default_rng(3)
     z = rng.normal(size=(3, DIM)) @ rng.normal(size=(DIM, DIM))  # one correlated noise block
     means = rng.normal(scale=3.0, size=(CLASSES, DIM))
-    repeats = np.array([8, 4, 2, 1, 1])
-    # Class c = its mean + the noise block repeated repeats[c] times: equal within-class covariances, unequal counts.
-    x = np.concatenate([means[c] + np.tile(z, (r, 1)) for c, r in enumerate(repeats)])
+    repeats, scale = np.array([8, 4, 2, 1, 1]), np.array([1.0, 0.5, 2.0, 1.5, 0.8])
+    # Class c = its mean + scale[c] · (the block repeated repeats[c] times): covariances scale[c]² · cov(z).
+    x = np.concatenate([means[c] + scale[c] * np.tile(z, (r, 1)) for c, r in enumerate(repeats)])
     y = np.repeat(np.arange(CLASSES), 3 * repeats)
     full = AIR(GAMMA).fit(x, y)
     diag = AIR(GAMMA, statistics="diagonal").fit(x, y)
     assert rel_err(diag.coef_, full.coef_) <= 1e-8
     _, x2, y2 = _long_tailed(4)  # class-dependent covariances: the diagonal option is then only an approximation
     assert rel_err(AIR(GAMMA, statistics="diagonal").fit(x2, y2).coef_, AIR(GAMMA).fit(x2, y2).coef_) > 1e-4
+
+
+def test_air_diagonal_statistics_stay_positive_semidefinite_with_single_sample_classes():
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(12, DIM)) * rng.uniform(0.1, 3.0, DIM), np.array([0] * 8 + [1, 2, 3, 4])
+    state = air_fn.update(air_fn.init(DIM, CLASSES, GAMMA, statistics="diagonal"), x, y)
+    weighted, _ = air_fn.weighted_statistics(state)
+    # Schur product theorem: K ∘ M is PSD; eigenvalues may only dip below 0 by rounding.
+    assert np.linalg.eigvalsh(np.asarray(weighted)).min() >= -1e-10 * np.abs(np.asarray(weighted)).max()
 
 
 def test_air_state_memory_is_per_class_gram_or_diagonal():

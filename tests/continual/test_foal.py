@@ -30,7 +30,7 @@ def test_foal_online_pass_equals_joint_ridge_on_fused_features():
     scale, bias = rng.uniform(0.5, 1.5, TOKEN), rng.normal(scale=0.1, size=TOKEN)
     learner = FOAL(projection_dim=PROJ, ln_scale=scale, ln_bias=bias, seed=3)
     for chunk in np.array_split(np.arange(73), 3):
-        learner.partial_fit(x[chunk], y[chunk])
+        learner.partial_fit(x[chunk], y[chunk], classes=CLASSES)
     fused = _np_fusion(x, np.asarray(learner.state.projection), scale, bias)
     # float64, γ = 1 on sigmoid features in (0, 1): cond ~1e4, so 1e-8 has a wide margin over rounding.
     assert rel_err(learner.state.head.weight, np_ridge(fused, np_one_hot(y, CLASSES), 1.0)) <= 1e-8

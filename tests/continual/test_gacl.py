@@ -32,7 +32,7 @@ def _features(state, x):
 @pytest.mark.parametrize("declared", [CLASSES, None])
 def test_gacl_equals_padded_rls_and_joint_ridge_after_every_batch(declared):
     rng = np.random.default_rng(0)
-    xs, ys = blurry_stream(rng, batches=10 if declared else 5)
+    xs, ys = blurry_stream(rng, batches=10 if declared else 4)
     learner = GACL(GAMMA, buffer_size=128, seed=1)
     core = None
     for k, (x, y) in enumerate(zip(xs, ys)):

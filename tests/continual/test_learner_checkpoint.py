@@ -14,11 +14,9 @@ from continual import ACIL, AIR, DSAL, FOAL, GACL
 CLASSES = 6
 LEARNERS = {
     "ACIL": lambda: ACIL(0.1, buffer_size=128, buffer_init="torch_linear", seed=2),
-    "DSAL": lambda: DSAL(0.1, 1.0, buffer_size=128, compensation_ratio=0.6),
-    "DSAL-authors": lambda: DSAL(buffer_size=128, cleansing="authors", batch_size=8),
+    "DSAL": lambda: DSAL(0.1, 1.0, buffer_size=128, cleansing="authors", batch_size=8),
     "GACL": lambda: GACL(100.0, online_iter=3, buffer_size=128),
-    "AIR": lambda: AIR(1.0, normalize=True),
-    "AIR-diagonal": lambda: AIR(1.0, statistics="diagonal", buffer_size=128),
+    "AIR": lambda: AIR(1.0, normalize=True, statistics="diagonal", buffer_size=128),
     "FOAL": lambda: FOAL(projection_dim=64, ln_scale=np.linspace(0.5, 1.5, 32), ln_bias=np.zeros(32)),
 }
 
@@ -37,7 +35,7 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(np.asarray(leaf_a), np.asarray(leaf_b))
 
 
-@pytest.mark.parametrize("name", sorted(LEARNERS))
+@pytest.mark.parametrize("name", sorted(set(LEARNERS) - {"GACL"}))  # GACL: resumed in a fresh process below
 def test_resume_from_checkpoint_continues_bit_for_bit(name, tmp_path):
     stream = _stream(name)
     straight = LEARNERS[name]()
