@@ -2,9 +2,10 @@
 
 Zhuang et al., "ACIL: Analytic Class-Incremental Learning with Absolute Memorization and Privacy Protection",
 NeurIPS 2022; METHODS.md section 2. A frozen backbone's features pass through a fixed random buffer
-``φ(x) = relu(x A)`` (eq. 5) and a ridge head is learned recursively, phase after phase (eqs. 10-11, the Woodbury
-recursion of :func:`analytic.rls_step`). After every phase ``W`` equals the joint ridge solution on the buffered
-features of all data seen so far, whatever the order of phases or classes.
+``φ(x) = relu(x A)`` and a ridge head is learned recursively, phase after phase: the Woodbury updates of ``R``
+and ``W`` (equations (10) and (9) as the authors' code numbers them), computed by :func:`analytic.rls_step`. After
+every phase ``W`` equals the joint ridge solution on the buffered features of all data seen so far, whatever the
+order of phases or classes.
 
 Authors' settings (METHODS.md 2b): float64, no bias, ``buffer_init="torch_linear"`` (``nn.Linear``'s default
 ``U(±1/√d)``), γ = 0.1, buffer 8192 for CIFAR-100.
@@ -63,7 +64,7 @@ def update(state: ACILState, x: Any, y: Any) -> ACILState:
 
 @jax.jit
 def _step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> RLSState:
-    # Buffer then the core's Woodbury step (eqs. 10-11), one compiled program per (row bucket, width).
+    # Buffer then the core's Woodbury step, one compiled program per (row bucket, width).
     return rls_step(head, real_rows(buffer(x), targets), targets)
 
 

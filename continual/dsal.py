@@ -4,11 +4,11 @@ Zhuang et al., "DS-AL: A Dual-Stream Analytic Learning for Exemplar-Free Class-I
 METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge heads learned by the same
 recursion (:func:`analytic.rls_step`):
 
-* main stream (eqs. 6-9): ``X_M = relu(Z)``, ``W_M`` = joint ridge on all data seen (C-RLS, γ_main);
-* compensation stream (eqs. 10-14): ``X_C = tanh(Z)`` (any other activation), fit to the main stream's residual
+* main stream: ``X_M = relu(Z)``, ``W_M`` = joint ridge on all data seen (C-RLS, γ_main);
+* compensation stream: ``X_C = tanh(Z)`` (any other activation), fit to the main stream's residual
   ``Ỹ = Y − X_M W_M`` after *previous-label cleansing* -- residual columns of classes learned in earlier phases
   are zeroed, so the compensation only corrects the classes of the current phase;
-* prediction (eq. 15): ``X_M W_M + C · X_C W_C`` with compensation ratio ``C`` (0.6 CIFAR-100, 1.5 ImageNet-1k).
+* prediction: ``X_M W_M + C · X_C W_C`` with compensation ratio ``C`` (0.6 CIFAR-100, 1.5 ImageNet-1k).
 
 ``cleansing="paper"`` (default): one call to :func:`update` is one phase; the residual uses the main weights at
 the end of the phase and zeroes the columns of classes seen in earlier phases. ``W_C`` then equals a joint ridge
@@ -107,7 +107,7 @@ def stream_features(state: DSALState, x: jax.Array) -> tuple[jax.Array, jax.Arra
 
 @jax.jit
 def cleansed_residual(main: RLSState, x_main: jax.Array, targets: jax.Array, keep: jax.Array) -> jax.Array:
-    """``(Y − X_M W_M)`` with the columns outside ``keep: (c,)`` zeroed (previous-label cleansing, eq. 11)."""
+    """``(Y − X_M W_M)`` with the columns outside ``keep: (c,)`` zeroed (previous-label cleansing)."""
     residual = targets - jnp.matmul(x_main.astype(main.weight.dtype), main.weight, precision=HIGHEST)
     return jnp.where(keep[None, :], residual, 0.0)
 
@@ -168,7 +168,7 @@ def update(
 
 
 def predict(state: DSALState, x: Any) -> jax.Array:
-    """Logits ``X_M W_M + C · X_C W_C: (n, c)`` (eq. 15)."""
+    """Logits ``X_M W_M + C · X_C W_C: (n, c)``."""
     x = check_features(x, dim=input_dim(state))
     x_main, x_comp = stream_features(state, x)
     return _combine(state.main.weight, state.comp.weight, state.compensation_ratio, x_main, x_comp)

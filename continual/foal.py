@@ -3,8 +3,8 @@
 Zhuang et al., "F-OAL: Forward-only Online Analytic Learning with Fast Training and Low Memory Footprint in
 Class Incremental Learning", NeurIPS 2024; METHODS.md section 2. A frozen pretrained ViT runs forward once per
 sample; its class tokens of all blocks are fused (:func:`analytic.feature_fusion`: mean over blocks -> the ViT's
-final LayerNorm -> fixed random projection ``P`` -> sigmoid, §3.2) and a ridge head is updated by recursive least
-squares on every mini-batch of 10 samples (§3.3, ``R₀ = I/γ``, γ = 1). The stream is seen once; after any number
+final LayerNorm -> fixed random projection ``P`` -> sigmoid) and a ridge head is updated by recursive least
+squares on every mini-batch of 10 samples (``R₀ = I/γ``, γ = 1). The stream is seen once; after any number
 of mini-batches ``W`` equals the joint ridge solution on the fused features of all samples seen.
 
 As in the authors' code (METHODS.md 2b) ``P`` is ``nn.Linear(D, P, bias=False)``'s untrained default init

@@ -1,9 +1,9 @@
 """GACL: exemplar-free generalized analytic continual learning (Si-Blurry streams).
 
 Zhuang et al., "GACL: Exemplar-Free Generalized Analytic Continual Learning", NeurIPS 2024 (arXiv:2403.15706),
-Theorem 3.1; METHODS.md section 2. In generalized class-incremental learning a batch mixes classes that were
-*exposed* earlier with *unexposed* ones seen for the first time, and classes reappear across tasks. GACL splits
-the one-hot labels of batch ``k`` into the exposed block ``Y_k^E`` and the unexposed block ``Y_k^U`` and updates::
+§3 (the recursive solution with the exposed class label gain, ECLG); METHODS.md section 2. In generalized
+class-incremental learning a batch mixes classes that were *exposed* earlier with *unexposed* ones seen for the
+first time, and classes reappear across tasks. GACL splits the one-hot labels of batch ``k`` into the exposed block ``Y_k^E`` and the unexposed block ``Y_k^U`` and updates::
 
     R_k   = R_{k-1} − R_{k-1}X_kᵀ (I + X_k R_{k-1} X_kᵀ)⁻¹ X_k R_{k-1}
     W_k^E = W_{k-1}^E − R_k X_kᵀ X_k W_{k-1}^E + R_k X_kᵀ Y_k^E        (R_k X_kᵀ Y_k^E: exposed class label gain)
@@ -80,7 +80,10 @@ def _features(buffer: RandomBuffer | None, x: jax.Array, targets: jax.Array) -> 
 
 @jax.jit
 def eclg_step(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> RLSState:
-    """Theorem 3.1 on one batch: ``x: (b, d)``, one-hot ``targets: (b, c)``, ``exposed: (c,)`` before the batch."""
+    """The exposed/unexposed (ECLG) update on one batch.
+
+    ``x: (b, d)``, one-hot ``targets: (b, c)``, ``exposed: (c,)`` the classes exposed before this batch.
+    """
     w, _ = head
     # The core's Woodbury step with zero target columns updates only R (its weight part is empty).
     r_new = rls_step(RLSState(w[:, :0], head.inv_autocorr), x, targets[:, :0]).inv_autocorr

@@ -1,4 +1,4 @@
-"""GACL: the exposed/unexposed decomposition (Theorem 3.1) equals padded RLS and joint ridge after every batch."""
+"""GACL: the exposed/unexposed decomposition (ECLG form) equals padded RLS and joint ridge after every batch."""
 
 import numpy as np
 import pytest
@@ -81,7 +81,7 @@ def test_gacl_eclg_step_decomposes_exposed_and_unexposed_columns():
     new = gacl_fn.update(state, x2, y2)
     r = np.asarray(new.head.inv_autocorr)
     w = np.asarray(state.head.weight)
-    # Theorem 3.1 written out in NumPy: exposed columns get the label gain, unexposed ones start from R_k X_kᵀ Y_k^U.
+    # The decomposition in NumPy: exposed columns get the label gain, unexposed ones start from R_k X_kᵀ Y_k^U.
     exposed_cols = w - r @ x2.T @ x2 @ w + r @ x2.T @ np_one_hot(y2, 4)
     np.testing.assert_allclose(np.asarray(new.head.weight)[:, :2], exposed_cols[:, :2], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.asarray(new.head.weight)[:, 2], (r @ x2.T @ np_one_hot(y2, 4))[:, 2], rtol=1e-10)
