@@ -3,7 +3,8 @@
 Zhuang et al., "GACL: Exemplar-Free Generalized Analytic Continual Learning", NeurIPS 2024 (arXiv:2403.15706),
 §3 (the recursive solution with the exposed class label gain, ECLG); METHODS.md section 2. In generalized
 class-incremental learning a batch mixes classes that were *exposed* earlier with *unexposed* ones seen for the
-first time, and classes reappear across tasks. GACL splits the one-hot labels of batch ``k`` into the exposed block ``Y_k^E`` and the unexposed block ``Y_k^U`` and updates::
+first time, and classes reappear across tasks. GACL splits the one-hot labels of batch ``k`` into the exposed
+block ``Y_k^E`` and the unexposed block ``Y_k^U`` and updates::
 
     R_k   = R_{k-1} − R_{k-1}X_kᵀ (I + X_k R_{k-1} X_kᵀ)⁻¹ X_k R_{k-1}
     W_k^E = W_{k-1}^E − R_k X_kᵀ X_k W_{k-1}^E + R_k X_kᵀ Y_k^E        (R_k X_kᵀ Y_k^E: exposed class label gain)
