@@ -39,13 +39,15 @@ def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[np
     return rows
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "steps"))
-def _greedy(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, steps: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "scan_layers"))
+def _greedy(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, steps: int, scan_layers: bool) -> jax.Array:
     model = nnx.merge(graphdef, state)
+    # None (unrolled layers) when asked, or when an adapter sits in some layers only.
+    layers = model.stacked_layers() if scan_layers else None
     b, t = ids.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)  # left padding shifts positions
     key_mask = jnp.zeros((b, t + steps), bool).at[:, :t].set(mask.astype(bool))
-    logits, cache = model.decode(ids, positions, model.init_cache(b, t + steps), 0, key_mask)
+    logits, cache = model.decode(ids, positions, model.init_cache(b, t + steps), 0, key_mask, layers)
     token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
     out = jnp.zeros((b, steps), jnp.int32)
 
@@ -53,7 +55,7 @@ def _greedy(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, steps: i
         cache, token, pos, key_mask, out = carry
         out = out.at[:, i].set(token)
         key_mask = key_mask.at[:, t + i].set(True)
-        logits, cache = model.decode(token[:, None], pos[:, None], cache, t + i, key_mask)
+        logits, cache = model.decode(token[:, None], pos[:, None], cache, t + i, key_mask, layers)
         return cache, jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32), pos + 1, key_mask, out
 
     carry = (cache, token, positions[:, -1] + 1, key_mask, out)
@@ -62,8 +64,13 @@ def _greedy(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, steps: i
 
 
 def greedy_generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], max_new_tokens: int = 20,
-                    eos_token_id: int | None = None, pad_token_id: int = 0) -> list[list[int]]:
-    """Greedy continuations of a batch of token-id ``prompts``; each is cut before its first ``eos_token_id``."""
+                    eos_token_id: int | None = None, pad_token_id: int = 0,
+                    scan_layers: bool = True) -> list[list[int]]:
+    """Greedy continuations of a batch of token-id ``prompts``; each is cut before its first ``eos_token_id``.
+
+    ``scan_layers``: run the decoder stack as a ``lax.scan`` (compiles several times faster; each step is
+    somewhat slower on CPU, see ``benchmarks/results/models.json``) instead of unrolled layers.
+    """
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     rows = _check_prompts(prompts, model.config.vocab_size)
@@ -76,7 +83,8 @@ def greedy_generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], m
     for i, r in enumerate(rows):
         ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
     graphdef, state = nnx.split(model)
-    out = np.asarray(_greedy(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), int(max_new_tokens)))
+    out = np.asarray(_greedy(graphdef, state, jnp.asarray(ids), jnp.asarray(mask), int(max_new_tokens),
+                             bool(scan_layers)))
     result = []
     for row in out.tolist():
         if eos_token_id is not None and eos_token_id in row:

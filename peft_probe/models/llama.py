@@ -226,27 +226,52 @@ class LlamaForCausalLM(nnx.Module):
         return KVCache(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype))
 
     def decode(self, input_ids: jax.Array, positions: jax.Array, cache: KVCache, index: jax.Array | int,
-               key_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+               key_mask: jax.Array, layers: tuple[Any, Any] | None = None) -> tuple[jax.Array, KVCache]:
         """Run ``input_ids: (b, t)`` at cache slots ``index .. index+t-1`` with rotary ``positions: (b, t)``.
 
         key_mask: ``(b, max_len)`` bool, slots holding real tokens (those written now included). Query ``i``
-        attends to slots ``<= index + i`` allowed by ``key_mask``. Returns (logits ``(b, t, vocab)``, cache).
+        attends to slots ``<= index + i`` allowed by ``key_mask``. ``layers``: ``stacked_layers()``, to run the
+        decoder stack as one ``lax.scan``. Returns (logits ``(b, t, vocab)``, cache).
         """
         t, max_len = input_ids.shape[1], cache.key.shape[2]
         causal = jnp.arange(max_len)[None, :] <= (index + jnp.arange(t))[:, None]
         allowed = causal[None] & key_mask.astype(bool)[:, None, :]
-        return self._forward(input_ids, positions, allowed, cache=cache, index=index)
+        return self._forward(input_ids, positions, allowed, cache=cache, index=index, layers=layers)
 
-    def _forward(self, input_ids, positions, allowed, cache: KVCache | None, index):
+    def stacked_layers(self) -> tuple[Any, Any] | None:
+        """(layer graphdef, parameters stacked on a leading layer axis) if all decoder layers share one
+        structure, else ``None`` (e.g. an adapter injected into some layers only).
+
+        A ``lax.scan`` over the stack compiles one layer instead of ``num_hidden_layers`` unrolled copies (XLA
+        compile time on CPU grows with the unrolled graph); stack once per jitted call, outside any loop, since
+        stacking copies the weights.
+        """
+        splits = [nnx.split(layer) for layer in self.model.layers]
+        graphdef = splits[0][0]
+        if any(g != graphdef for g, _ in splits[1:]):
+            return None
+        return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+
+    def _forward(self, input_ids, positions, allowed, cache: KVCache | None, index, layers=None):
         cfg = self.config
         x = self.model.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
-        keys, values = [], []
-        for i, layer in enumerate(self.model.layers):
-            past = None if cache is None else (cache.key[i], cache.value[i])
-            x, (k, v) = layer(x, cos, sin, allowed, past, index)
-            keys.append(k)
-            values.append(v)
+        if layers is not None:
+            graphdef, stacked = layers
+
+            def one_layer(x, per_layer):
+                state, past = per_layer
+                return nnx.merge(graphdef, state)(x, cos, sin, allowed, past, index)
+
+            past = None if cache is None else (cache.key, cache.value)
+            x, (keys, values) = jax.lax.scan(one_layer, x, (stacked, past))
+        else:
+            keys, values = [], []
+            for i, layer in enumerate(self.model.layers):
+                past = None if cache is None else (cache.key[i], cache.value[i])
+                x, (k, v) = layer(x, cos, sin, allowed, past, index)
+                keys.append(k)
+                values.append(v)
         x = self.model.norm(x)
         if cfg.tie_word_embeddings:
             logits = self.model.embed_tokens.attend(x)

@@ -233,13 +233,31 @@ def _naive_greedy(model, prompt, steps, width=16):
 def test_cached_greedy_generation_equals_full_recompute_and_ignores_left_padding(tiny):
     from peft_probe.generate import greedy_generate
 
-    model = tiny
     prompts = [[5, 17, 99, 3], [42, 7, 7, 1, 60, 2, 9]]
-    batch = greedy_generate(model, prompts, max_new_tokens=6)
-    assert batch == [_naive_greedy(model, p, 6) for p in prompts]
+    batch = greedy_generate(tiny, prompts, max_new_tokens=6)
+    assert batch == [_naive_greedy(tiny, p, 6) for p in prompts]
     assert len(set(map(tuple, batch))) == 2  # the two continuations really differ
-    stopped = greedy_generate(model, [prompts[0]], max_new_tokens=6, eos_token_id=batch[0][2])
+    assert greedy_generate(tiny, prompts, max_new_tokens=6, scan_layers=False) == batch  # unrolled layers
+    stopped = greedy_generate(tiny, [prompts[0]], max_new_tokens=6, eos_token_id=batch[0][2])
     assert stopped == [batch[0][:batch[0].index(batch[0][2])]]
+
+
+def test_generation_falls_back_to_unrolled_layers_when_one_layer_differs(tiny):
+    from peft_probe.generate import greedy_generate
+
+    class Scaled(nnx.Module):  # stands in for an adapter injected into one layer only
+        def __init__(self, base):
+            self.base = base
+
+        def __call__(self, x):
+            return 2.0 * self.base(x)
+
+    assert tiny.stacked_layers() is not None
+    model = nnx.clone(tiny)
+    model.model.layers[0].mlp.down_proj = Scaled(model.model.layers[0].mlp.down_proj)
+    assert model.stacked_layers() is None
+    prompt = [5, 17, 99, 3]
+    assert greedy_generate(model, [prompt], max_new_tokens=4) == [_naive_greedy(model, prompt, 4)]
 
 
 @pytest.mark.parametrize(("prompts", "steps", "error", "match"), [
