@@ -148,7 +148,8 @@ def update(
     if new_classes is None:
         new_classes = int(np.sum(seen_mask(labels, width) & ~seen_before))
     main, comp = expand_classes(state.main, width), expand_classes(state.comp, width)
-    batches = [padded_batch(x[sl], labels[sl], width, main.weight.dtype) for sl in chunks]
+    x_host = np.asarray(x)  # slice on the host: slicing a device array compiles one program per slice shape
+    batches = [padded_batch(x_host[sl], labels[sl], width, main.weight.dtype) for sl in chunks]
     if cleansing == "paper":
         for x_pad, targets in batches:
             main = _main_step(state, main, x_pad, targets)
