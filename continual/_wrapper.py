@@ -159,15 +159,15 @@ class ContinualClassifier:
         return float(np.mean(self.predict(x) == labels))
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def save(self, path: str) -> None:
-        """Write the state and constructor arguments with :func:`analytic.save_state` (orbax)."""
+    def save(self, path: str, overwrite: bool = False) -> None:
+        """Write the state and constructor arguments with :func:`analytic.save_state` (orbax, atomic)."""
         self._require_fitted()
         metadata = {
             "learner": type(self).__name__,
             "params": json.loads(json.dumps(self.get_params())),
             "n_classes_declared": self.n_classes_declared_,
         }
-        save_state(path, self.state, metadata)
+        save_state(path, self.state, metadata, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> ContinualClassifier:

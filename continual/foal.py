@@ -150,3 +150,9 @@ class FOAL(ContinualClassifier):
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[2]
+
+    @property
+    def coef_(self) -> jax.Array:
+        """Head weights ``(projection_dim, c)`` on the fused features."""
+        self._require_fitted()
+        return self.state.head.weight

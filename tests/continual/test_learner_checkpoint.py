@@ -45,6 +45,9 @@ def test_resume_from_checkpoint_continues_bit_for_bit(name, tmp_path):
     for x, y in stream[:2]:
         first.partial_fit(x, y, classes=CLASSES)
     first.save(tmp_path / "ckpt")
+    with pytest.raises(FileExistsError):
+        first.save(tmp_path / "ckpt")  # never silently replaced...
+    first.save(tmp_path / "ckpt", overwrite=True)  # ...unless asked
     resumed = type(first).load(tmp_path / "ckpt")
     assert resumed.get_params() == first.get_params()
     _assert_same_state(resumed.state, first.state)
