@@ -136,11 +136,13 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--domlora-variant", default="expectation", choices=VARIANTS)
+    p.add_argument("--ft-batch", type=int, default=None, help="fine-tuning batch size (quick 2, full 8)")
     p.add_argument("--eval", type=int, default=None, help="held-out examples per task (quick 16, full 64)")
     args = p.parse_args(argv)
     quick = args.quick
     steps = args.steps or (20 if quick else 40)
     max_len, batch_size = 64, (4 if quick else 8)
+    ft_batch = args.ft_batch or (2 if quick else 8)
     probe_batches = 1 if quick else 4
     ft_tasks = args.finetune_tasks if args.finetune_tasks is not None else (
         ["arithmetic"] if quick else list(FAMILIES))
@@ -196,7 +198,7 @@ def main(argv: list[str]) -> dict:
     total_linear = sum(int(np.prod(m.kernel.shape)) for m in linear_modules(base).values())
     for family in ft_tasks:
         task = tasks[family]
-        train = make_batches(task.train[:steps * batch_size], tokenizer, batch_size, max_len, pad, seed=1)
+        train = make_batches(task.train[:steps * ft_batch], tokenizer, ft_batch, max_len, pad, seed=1)
         placements = _placements(tables[family][args.domlora_variant], base, args.rank, args.alpha, seed=0)
         curves[family] = {}
         before = _evaluate(base, tokenizer, task, max_len, batch_size, generate=8 if quick else 16)
@@ -224,7 +226,8 @@ def main(argv: list[str]) -> dict:
 
     figures = {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32)", "rank": args.rank, "alpha": args.alpha,
-        "max_len": max_len, "batch_size": batch_size, "probe_batches": probe_batches, "finetune_steps": steps,
+        "max_len": max_len, "batch_size": batch_size, "finetune_batch_size": ft_batch,
+        "probe_batches": probe_batches, "finetune_steps": steps,
         "finetune_tasks": ft_tasks, "domlora_variant": args.domlora_variant, "linear_weights": total_linear,
         "page": page, "dominant_consistency": consistency, "probe_cost": cost, "finetune": rows,
         "train_loss_curves": curves, "seconds_total": time.perf_counter() - t_start,

@@ -33,7 +33,7 @@ from flax import nnx
 __all__ = [
     "LoraConfig", "LoraLinear", "inject_lora", "merge_lora", "unmerge_lora", "export_peft", "linear_modules",
     "lora_modules", "trainable_count", "lora_a_init", "adapter_key", "save_adapters", "load_adapters",
-    "module_layer", "base_key", "placement_config", "candidate_modules", "ALL_LINEAR",
+    "module_layer", "base_key", "name_hash", "placement_config", "candidate_modules", "ALL_LINEAR",
 ]
 
 ALL_LINEAR = "all-linear"
@@ -210,9 +210,14 @@ def candidate_modules(model: nnx.Module, config: LoraConfig) -> dict[str, nnx.Li
     return {n: m for n, m in linear_modules(model).items() if config.matches(n, head)}
 
 
+def name_hash(name: str) -> int:
+    """A stable 31-bit hash (CRC32) of a module name, folded into the adapter key."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
 def adapter_key(key: jax.Array, name: str) -> jax.Array:
-    """The key of module ``name``'s ``A``: independent of which other modules are adapted (CRC32 of the name)."""
-    return jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    """The key of module ``name``'s ``A``: independent of which other modules are adapted."""
+    return jax.random.fold_in(key, name_hash(name))
 
 
 def lora_a_init(key: jax.Array, d_in: int, r: int, init: str = "kaiming", dtype: Any = jnp.float32) -> jax.Array:

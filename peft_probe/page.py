@@ -33,11 +33,11 @@ from peft_probe.finetune import answer_token_loss, check_batch, per_example_loss
 from peft_probe.lora import (
     ALL_LINEAR,
     LoraConfig,
-    adapter_key,
     candidate_modules,
     lora_a_init,
     lora_modules,
     module_layer,
+    name_hash,
 )
 
 __all__ = ["VARIANTS", "ModuleScore", "PageScores", "page_scores", "page_scores_all", "kernel_gradient_fn",
@@ -123,8 +123,13 @@ def _kernel_grads(graphdef: Any, kernels: nnx.State, rest: nnx.State, batch: dic
     return jax.grad(loss)(kernels, batch)
 
 
-def _module_energy(variant: str, grad: jax.Array, config: LoraConfig, a_draws: jax.Array | None) -> jax.Array:
-    """PAGE of one module from its kernel gradient ``grad (d_in, d_out)`` (``(b, d_in, d_out)`` per example)."""
+@functools.partial(jax.jit, static_argnames=("variant", "config"))
+def _module_energy(grad: jax.Array, seeds: jax.Array, module_hash: jax.Array, variant: str, config: LoraConfig
+                   ) -> jax.Array:
+    """PAGE of one module from its kernel gradient ``grad (d_in, d_out)`` (``(b, d_in, d_out)`` per example).
+
+    Compiled once per gradient shape and variant (a Llama has four shapes), not once per module.
+    """
     energy = jnp.sum(jnp.square(grad), axis=(-2, -1))
     if variant == "raw":
         return energy
@@ -136,22 +141,12 @@ def _module_energy(variant: str, grad: jax.Array, config: LoraConfig, a_draws: j
     if variant == "expectation":
         var_a = 1.0 / (3.0 * grad.shape[0]) if config.init == "kaiming" else 1.0 / config.r**2
         return s * s * config.r * var_a * energy
-    # concrete: ||s G A^T||^2 = s^2 ||A^T grad||^2 with A (d_in, r) in flax layout, averaged over the draws
-    projected = jnp.einsum("kir,io->kro", a_draws.astype(grad.dtype), grad)
+    # concrete: the A of inject_lora(model, config, seed) for every seed (adapter_key(key(seed), name)), then
+    # ||s G A^T||^2 = s^2 ||A^T grad||^2 with A (d_in, r) in flax layout, averaged over the draws
+    draws = jax.vmap(lambda seed: lora_a_init(jax.random.fold_in(jax.random.key(seed), module_hash), grad.shape[0],
+                                              config.r, config.init, grad.dtype))(seeds)
+    projected = jnp.einsum("kir,io->kro", draws, grad)
     return s * s * jnp.mean(jnp.sum(jnp.square(projected), axis=(1, 2)))
-
-
-@functools.partial(jax.jit, static_argnames=("variant", "config"))
-def _energies(grads: dict[str, jax.Array], seeds: jax.Array, variant: str, config: LoraConfig
-              ) -> dict[str, jax.Array]:
-    out = {}
-    for name, g in grads.items():
-        draws = None
-        if variant == "concrete":  # the A of inject_lora(model, config, seed + j), drawn inside the jit
-            draws = jax.vmap(lambda s, name=name, g=g: lora_a_init(
-                adapter_key(jax.random.key(s), name), g.shape[-2], config.r, config.init, g.dtype))(seeds)
-        out[name] = _module_energy(variant, g, config, draws)
-    return out
 
 
 def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
@@ -190,6 +185,7 @@ def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], con
     if not modules:
         raise ValueError(f"config.target_modules={config.target_modules!r} selects no linear module")
     seeds = jnp.arange(int(num_draws)) + int(seed)
+    hashes = {name: jnp.uint32(name_hash(name)) for name in modules}
     groups = [(False, [v for v in variants if v != "per_example"]), (True, [v for v in variants if v == "per_example"])]
     totals = {v: dict.fromkeys(modules, 0.0) for v in variants}
     for per_example, group in groups:
@@ -199,7 +195,8 @@ def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], con
         for batch in _progress(checked, progress):
             grads = step({k: jnp.asarray(v) for k, v in batch.items()})
             for variant in group:
-                for name, value in _energies(grads, seeds, variant, config).items():
+                values = {name: _module_energy(g, seeds, hashes[name], variant, config) for name, g in grads.items()}
+                for name, value in values.items():
                     totals[variant][name] += float(value) / len(checked)
     return {v: _table(v, totals[v], len(checked)) for v in variants}
 

@@ -97,3 +97,13 @@ def test_finetune_argument_errors():
         finetune(model, None, [random_batch()])
     with pytest.raises(ValueError, match="steps"):
         finetune(model, LoraConfig(r=2), [random_batch()], steps=0)
+
+
+def test_package_export_is_callable_even_after_the_submodule_is_imported():
+    import peft_probe
+    import peft_probe.finetune as module
+    from peft_probe import finetune as exported
+
+    assert callable(exported) and callable(peft_probe.finetune)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        module(tiny_model(dtype=jnp.float32), None, [random_batch()])

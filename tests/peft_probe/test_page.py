@@ -14,7 +14,7 @@ from flax import nnx
 import peft_probe.page as page
 from peft_probe.finetune import answer_token_loss, per_example_loss
 from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, linear_modules, lora_modules
-from peft_probe.page import VARIANTS, page_scores, plot_page_heatmap
+from peft_probe.page import VARIANTS, page_scores, page_scores_all, plot_page_heatmap
 from tests.peft_probe.lora_fixtures import random_batch, tiny_model
 
 CONFIG = LoraConfig(r=4, alpha=8, target_modules=ALL_LINEAR)
@@ -106,14 +106,18 @@ def test_per_example_variant_is_mean_of_separate_example_gradients(probe):
         assert value == pytest.approx(total[name], rel=1e-6)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_shares_sum_to_one_and_rows_are_sorted(probe, variant):
+def test_shares_sum_to_one_and_rows_are_sorted_in_every_variant(probe):
     model, batches = probe
-    scores = page_scores(model, batches[:1], CONFIG, variant)
-    shares = np.array([r.share for r in scores.rows])
-    assert shares.sum() == pytest.approx(1.0, abs=1e-12)
-    assert np.all(shares >= 0) and np.all(np.diff([r.score for r in scores.rows]) <= 0)
-    assert len(scores.rows) == 14 and {r.layer for r in scores.rows} == {0, 1}
+    tables = page_scores_all(model, batches[:1], CONFIG, VARIANTS)
+    assert set(tables) == set(VARIANTS)
+    for variant, scores in tables.items():
+        shares = np.array([r.share for r in scores.rows])
+        assert scores.variant == variant
+        assert shares.sum() == pytest.approx(1.0, abs=1e-12)
+        assert np.all(shares >= 0) and np.all(np.diff([r.score for r in scores.rows]) <= 0)
+        assert len(scores.rows) == 14 and {r.layer for r in scores.rows} == {0, 1}
+    single = page_scores(model, batches[:1], CONFIG, "raw")
+    assert [r.score for r in single.rows] == [r.score for r in tables["raw"].rows]  # shared pass, same numbers
 
 
 def test_one_backward_pass_per_batch(probe, monkeypatch):
@@ -134,10 +138,10 @@ def test_one_backward_pass_per_batch(probe, monkeypatch):
         calls["loss_traces"] += 1
         return original_loss(*args)
 
-    page._kernel_grads.clear_cache()  # so that this call traces the loss afresh
     monkeypatch.setattr(page, "kernel_gradient_fn", counting_fn)
     monkeypatch.setattr(page, "answer_token_loss", counting_loss)
-    page_scores(model, batches * 2, CONFIG, "concrete", num_draws=3)
+    fresh_shape = [random_batch(seed, tokens=10, answer_from=5) for seed in range(4)]  # traced afresh
+    page_scores(model, fresh_shape, CONFIG, "concrete", num_draws=3)
     # one gradient step per batch, each the reverse pass of a single loss evaluation (traced once, then reused),
     # however many modules and A draws are scored
     assert calls == {"grad_fns": 1, "steps": 4, "loss_traces": 1}
@@ -179,3 +183,23 @@ def test_bad_inputs_raise_before_any_work(probe):
     with pytest.raises(ValueError, match="already has LoRA"):
         page_scores(adapted, batches, CONFIG)
     assert not lora_modules(model)  # the probe never modifies the model
+
+
+@pytest.mark.slow
+def test_page_on_real_smollm2_scores_all_210_modules():
+    weights = pytest.importorskip("peft_probe.weights")
+    try:
+        _, model = weights.load_gguf()
+    except (FileNotFoundError, ModuleNotFoundError) as err:  # the weight package is an optional install
+        pytest.skip(f"SmolLM2 weights not installed: {err}")
+    from peft_probe.tasks import encode_example, make_task
+    from peft_probe.tokenizer import gguf_tokenizer
+
+    example = make_task("arithmetic", 1, 0, seed=0).train[0]
+    ids, mask = encode_example(example, gguf_tokenizer(), 64)
+    batch = {"input_ids": ids[None], "attention_mask": np.ones_like(ids)[None], "loss_mask": mask[None]}
+    scores = page_scores(model, [batch], LoraConfig(r=8, alpha=16, target_modules=ALL_LINEAR), "raw")
+    assert len(scores.rows) == 210 == 30 * 7
+    values = np.array([r.score for r in scores.rows])
+    assert np.all(np.isfinite(values)) and np.all(values > 0)
+    assert sum(r.share for r in scores.rows) == pytest.approx(1.0)
