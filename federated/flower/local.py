@@ -80,7 +80,8 @@ class LocalFederation:
                if self.simulation else ""))
         host, port = self.address.rsplit(":", 1)
         self._spawn("superlink", ["flower-superlink", "--insecure", "--host", host, "--port", port,
-                                  "--disable-runtime-dependency-installation"] + (["--simulation"] if self.simulation else []))
+                                  "--disable-runtime-dependency-installation",
+                                  *(["--simulation"] if self.simulation else [])])
         self._wait_listening(self.address, 120.0)
         if not self.simulation:  # the simulation engine runs its own virtual SuperNodes
             for i in range(self.num_supernodes):
@@ -102,7 +103,8 @@ class LocalFederation:
     def add_supernode(self, partition_id: int) -> subprocess.Popen:
         """One more SuperNode holding ``partition_id`` (also after a run started: a late joiner)."""
         return self._spawn(f"supernode-{partition_id}", [
-            "flower-supernode", "--insecure", "--superlink", self.address, "--host", "127.0.0.1", "--port", str(free_port()),
+            "flower-supernode", "--insecure", "--superlink", self.address, "--host", "127.0.0.1",
+            "--port", str(free_port()),
             "--node-config", f"partition-id={partition_id} num-partitions={self.num_partitions}"])
 
     def submit(self, run_config: Mapping[str, Any], app: str | Path = APP_DIR) -> subprocess.CompletedProcess:
