@@ -63,17 +63,22 @@ class AIRState(NamedTuple):
     normalize: jax.Array
 
 
+def check_options(gamma: float, power: float, statistics: str) -> float:
+    """Validate AIR's options (constructor and :func:`init`); returns γ as a float."""
+    if statistics not in STATISTICS:
+        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+    if not np.isfinite(power) or power < 0:
+        raise ValueError(f"power must be finite and >= 0, got {power!r}")
+    return check_gamma(gamma)
+
+
 def init(
     in_dim: int, classes: int = 0, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False,
     statistics: str = "full", buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
     dtype: Any = None,
 ) -> AIRState:
     """Empty statistics for ``in_dim`` inputs (expanded by a ReLU buffer of ``buffer_size`` if given)."""
-    gamma = check_gamma(gamma)
-    if statistics not in STATISTICS:
-        raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
-    if not np.isfinite(power) or power < 0:
-        raise ValueError(f"power must be finite and >= 0, got {power!r}")
+    gamma = check_options(gamma, power, statistics)
     dt = resolve_dtype(dtype)
     buffer = None if buffer_size is None else RandomBuffer(in_dim, buffer_size, "relu", seed, buffer_init, dtype=dt)
     d = in_dim if buffer is None else buffer_size
@@ -177,9 +182,7 @@ class AIR(ContinualClassifier):
         self, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False, statistics: str = "full",
         buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
     ) -> None:
-        check_gamma(gamma)
-        if statistics not in STATISTICS:
-            raise ValueError(f"statistics must be one of {STATISTICS}, got {statistics!r}")
+        check_options(gamma, power, statistics)
         super().__init__(gamma=gamma, power=power, normalize=normalize, statistics=statistics,
                          buffer_size=buffer_size, buffer_init=buffer_init, seed=seed, dtype=dtype)
         self._weight: tuple[Any, jax.Array] | None = None

@@ -73,15 +73,27 @@ class DSALState(NamedTuple):
     compensation_ratio: jax.Array
 
 
+def check_options(
+    gamma_main: float, gamma_comp: float, compensation_ratio: float, activation_main: str, activation_comp: str,
+    cleansing: str = "paper",
+) -> None:
+    """Validate DS-AL's options (constructor and :func:`init`)."""
+    check_gamma(gamma_main, "gamma_main")
+    check_gamma(gamma_comp, "gamma_comp")
+    StreamActivations(activation_main, activation_comp)
+    if not np.isfinite(compensation_ratio):
+        raise ValueError(f"compensation_ratio must be finite, got {compensation_ratio!r}")
+    if cleansing not in CLEANSING:
+        raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
+
+
 def init(
     in_dim: int, classes: int = 0, gamma_main: float = 0.1, gamma_comp: float = 0.1, *,
     compensation_ratio: float = 0.6, buffer_size: int = 8192, activation_main: str = "relu",
     activation_comp: str = "tanh", buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
 ) -> DSALState:
     """Shared projection and two empty heads (``R₀ = I/γ`` each)."""
-    gamma_main, gamma_comp = check_gamma(gamma_main, "gamma_main"), check_gamma(gamma_comp, "gamma_comp")
-    if not np.isfinite(compensation_ratio):
-        raise ValueError(f"compensation_ratio must be finite, got {compensation_ratio!r}")
+    check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp)
     dt = resolve_dtype(dtype)
     projection = RandomBuffer(in_dim, buffer_size, "identity", seed, buffer_init, dtype=dt)
     main = rls_init(buffer_size, classes, gamma_main, dt)
@@ -193,11 +205,7 @@ class DSAL(ContinualClassifier):
         cleansing: str = "paper", batch_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
         dtype: Any = None,
     ) -> None:
-        check_gamma(gamma_main, "gamma_main")
-        check_gamma(gamma_comp, "gamma_comp")
-        StreamActivations(activation_main, activation_comp)
-        if cleansing not in CLEANSING:
-            raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
+        check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp, cleansing)
         super().__init__(
             gamma_main=gamma_main, gamma_comp=gamma_comp, compensation_ratio=compensation_ratio,
             buffer_size=buffer_size, activation_main=activation_main, activation_comp=activation_comp,

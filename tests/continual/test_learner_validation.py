@@ -88,6 +88,10 @@ def test_unfitted_learner_and_bad_options_raise_clear_errors():
         GACL(online_iter=0)
     with pytest.raises(ValueError, match="statistics"):
         AIR(statistics="lowrank")
+    with pytest.raises(ValueError, match="power"):
+        AIR(power=-1.0)
+    with pytest.raises(ValueError, match="compensation_ratio"):
+        DSAL(compensation_ratio=float("nan"))
     with pytest.raises(ValueError, match="batch_size"):
         FOAL(batch_size=0)
     with pytest.raises(ValueError, match=r"\(n, L, D\)"):
