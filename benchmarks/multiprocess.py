@@ -1,10 +1,10 @@
 """Sharded Gram accumulation over ``jax.distributed`` processes: time vs process count at a fixed total row count.
 
-``python -m benchmarks multiprocess [--quick]`` launches 1, 2 and 4 local processes (gloo CPU collectives on
-127.0.0.1) with :func:`federated.multiprocess.launch`; each holds ``rows / P`` rows and times, best of ``repeats``
-with a barrier before each, (a) its local ``XᵀX, XᵀY`` accumulation (:func:`analytic.gram_update`) and (b) the
-cross-process ``psum`` of the statistics. The slowest process sets each phase's time. Ratios are to P = 1 in the
-same run.
+``python -m benchmarks multiprocess [--quick]`` (writes ``multiprocess[_quick].json/png``) launches 1, 2 and 4
+local processes (gloo CPU collectives on 127.0.0.1) with :func:`federated.multiprocess.launch`; each holds
+``rows / P`` rows and times, best of ``repeats`` with a barrier before each, (a) its local ``XᵀX, XᵀY``
+accumulation (:func:`analytic.gram_update`) and (b) the cross-process ``psum`` of the statistics. The slowest
+process sets each phase's time. Ratios are to P = 1 in the same run.
 
 What this measures on a 2-core machine: XLA already runs one process's GEMM on both cores, so P processes share
 the same two cores -- the accumulation speed-up is bounded by ~1 and shows the *overhead* of splitting the work
@@ -64,12 +64,13 @@ def main(argv: list[str]) -> dict:
                "collectives": "gloo (CPU, 127.0.0.1)", "table": table,
                "note": "2-core machine shared with other jobs: P processes split the same two cores, so "
                        "speedup_vs_1 measures the cost of process-level sharding (ideal ~1), not multi-host scaling"}
-    _plot(table, args.out)
-    write_results(NAME, figures, args.out)
+    name = NAME + ("_quick" if args.quick else "")
+    _plot(table, args.out, name)
+    write_results(name, figures, args.out)
     return figures
 
 
-def _plot(table: list[dict[str, Any]], out: Path) -> None:
+def _plot(table: list[dict[str, Any]], out: Path, name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,5 +86,5 @@ def _plot(table: list[dict[str, Any]], out: Path) -> None:
     ax.set_ylabel("seconds (slowest process, best of repeats)")
     ax.set_title("Sharded Gram statistics over jax.distributed")
     ax.legend(fontsize=8)
-    save_figure(fig, NAME, out)
+    save_figure(fig, name, out)
     plt.close(fig)

@@ -36,7 +36,10 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return "'" + value.replace("'", "") + "'"
+        # flwr run splits --run-config on whitespace and reads literal strings: refuse what would not survive.
+        if any(c.isspace() or c == "'" for c in value):
+            raise ValueError(f"run-config string {value!r} must not contain whitespace or single quotes")
+        return f"'{value}'"
     return repr(value)
 
 

@@ -188,3 +188,42 @@ def test_run_config_is_validated_before_anything_runs():
     with pytest.raises(ValueError, match="partition-id 5"):
         task.load_partition(task.DEFAULTS, 5, 3)
     assert jax.config.jax_enable_x64  # conftest: the references above are float64
+
+
+def test_app_folder_declares_exactly_the_run_config_keys_and_real_components():
+    import importlib
+
+    from flwr.clientapp import ClientApp
+    from flwr.common.config import validate_config
+    from flwr.serverapp import ServerApp
+
+    from federated.flower.local import APP_DIR
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
+    valid, errors, _ = validate_config(project, check_module=False)
+    assert valid, errors
+    app = project["tool"]["flwr"]["app"]
+    assert set(app["config"]) == set(task.DEFAULTS)
+    assert task.resolve_config(app["config"])["method"] == "afl"
+    for name, cls in (("serverapp", ServerApp), ("clientapp", ClientApp)):
+        module, attr = app["components"][name].split(":")
+        assert isinstance(getattr(importlib.import_module(module), attr), cls)
+
+
+def test_local_federation_checks_its_arguments_without_starting_anything():
+    from federated.flower.local import LocalFederation, _toml_value
+
+    with pytest.raises(ValueError, match="num_supernodes"):
+        LocalFederation(0)
+    federation = LocalFederation(2)
+    assert not federation.procs and federation.address.startswith("127.0.0.1:")
+    with pytest.raises(ValueError, match="output-dir"):
+        federation.run({"method": "afl"})
+    federation.stop()
+    assert [_toml_value(v) for v in (True, 3, 0.5, "/tmp/x")] == ["true", "3", "0.5", "'/tmp/x'"]
+    with pytest.raises(ValueError, match="whitespace"):
+        _toml_value("a b")
