@@ -40,8 +40,9 @@ def _learners(buffer: int, classes: int, replay: int) -> dict[str, Any]:
         "DS-AL": lambda: DSAL(GAMMA, GAMMA, compensation_ratio=0.6, buffer_size=buffer),
         "GACL": lambda: GACL(GAMMA, buffer_size=buffer),
         "F-OAL": lambda: FeaturesAsOneBlock(FOAL(GAMMA, projection_dim=buffer, batch_size=10)),
-        # Per-class Grams cost c·d² memory: on many classes AIR runs on the raw features (no buffer).
-        "AIR": lambda: AIR(GAMMA, buffer_size=buffer if classes <= 20 else None),
+        # Full per-class Grams cost c·d² memory and c·d²·b flops per batch: on many classes AIR keeps the diagonal
+        # statistics (O(d² + c·d)) instead.
+        "AIR": lambda: AIR(GAMMA, buffer_size=buffer, statistics="full" if classes <= 20 else "diagonal"),
         "joint ridge": lambda: JointRidge(GAMMA, buffer_size=buffer),
         "SLDA": lambda: SLDA(1e-4),
         "fine-tune": lambda: FineTune(hidden=0, epochs=5, seed=0),
@@ -66,16 +67,16 @@ def _datasets(quick: bool, features: Path | None) -> dict[str, tuple[Any, int, i
         classes = split.classes
         out[features.stem] = (split, classes // 2, min(25, classes - classes // 2), 512 if quick else 8192)
         return out
-    buffer = 512 if quick else 2048
+    buffer = 512 if quick else 1024
     for name, loader, arch in (("digits", load_digits, "mlp"),
-                               ("mnist1d", lambda: load_mnist1d(2000 if quick else 5000), "conv1d")):
+                               ("mnist1d", lambda: load_mnist1d(2000 if quick else 4000), "conv1d")):
         split = loader()
         base = class_incremental(split.y_train, 5, 5, seed=0)[0].seen_classes
         out[name] = (frozen_backbone_features(split, base, arch=arch, feature_dim=64 if quick else 128,
                                               epochs=15 if quick else 30), 5, 5, buffer)
         if quick:
             break
-    out["synthetic-100"] = (synthetic_features(100, 768, 20 if quick else 50, 10 if quick else 20, seed=0), 50, 25,
+    out["synthetic-100"] = (synthetic_features(100, 768, 20 if quick else 40, 10 if quick else 20, seed=0), 50, 25,
                             buffer)
     return out
 
@@ -145,7 +146,7 @@ def _speed(quick: bool) -> dict[str, Any]:
     from continual.data import synthetic_features
     from continual.scenarios import class_incremental
 
-    buffer, per_class, batch = (2048, 12, 256) if quick else (8192, 40, 256)
+    buffer, per_class, batch = (2048, 12, 256) if quick else (8192, 24, 256)
     split = synthetic_features(100, 768, per_class, 1, seed=1, dtype=np.float64)
     phases = class_incremental(split.y_train, 50, 25, seed=0)
     stream = [(split.x_train[p.indices], split.y_train[p.indices]) for p in phases]
@@ -164,9 +165,12 @@ def _speed(quick: bool) -> dict[str, Any]:
     def buffered() -> list[tuple[np.ndarray, np.ndarray]]:
         return [(np.maximum(x @ weight, 0.0), y) for x, y in stream]
 
-    run_core(np.float64)                              # compile every phase shape once; timed below
+    # One run each, compilation included (two programs per dtype: the base-phase and the phase row bucket; seconds
+    # against minutes of arithmetic at buffer 8192). --quick warms up first because there compilation would dominate.
+    if quick:
+        run_core(np.float64)
+        run_core(np.float32)
     w_core, t_core = run_core(np.float64)
-    run_core(np.float32)
     w_core32, t_core32 = run_core(np.float32)
     t0 = time.perf_counter()
     w_np, batches = numpy_woodbury(buffered(), buffer, classes, gamma, batch, literal=False)

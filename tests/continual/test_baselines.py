@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from continual.baselines import SLDA, FineTune, JointRidge
+from continual.runner import state_bytes
 
 
 def _blobs(classes: int, per_class: int, dim: int = 12, seed: int = 0, spread: float = 3.0):
@@ -128,3 +129,14 @@ def test_constructor_arguments_are_checked() -> None:
         FineTune(learning_rate=-1.0)
     with pytest.raises(ValueError, match="class id"):
         SLDA().partial_fit(X, Y, classes=3)
+
+
+def test_state_bytes_counts_every_held_array() -> None:
+    ridge = JointRidge(1.0, buffer_size=16).partial_fit(X, Y)
+    # XᵀX (16, 16) + XᵀY (16, 6) float64, the int32 row count, and the (12, 16) float64 buffer weights.
+    assert state_bytes(ridge) == 8 * (16 * 16 + 16 * 6) + 4 + 8 * 12 * 16
+    tuned = FineTune(epochs=1, replay=10).partial_fit(X, Y)
+    params = 4 * (12 * 6 + 6)                                   # float32 linear head
+    memory = 10 * 12 * 4 + 10 * 8                               # float32 rows + int64 labels
+    assert state_bytes(tuned) == params + memory + sum(
+        leaf.nbytes for leaf in jax.tree_util.tree_leaves(tuned._opt_state))
