@@ -26,10 +26,13 @@ def _numpy_ridge(x: np.ndarray, labels: np.ndarray, gamma: float) -> np.ndarray:
     return np.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ y)
 
 
-@pytest.mark.parametrize("processes", [2, 4])
-def test_every_process_gets_the_pooled_ridge_solution(processes, tmp_path):
+# With 2 local devices per process the local accumulation goes through analytic.sharded_gram_update (the
+# multi-GPU-host path) before the cross-process psum; with 1 it is plain analytic.gram_update.
+@pytest.mark.parametrize("processes, local_devices", [(2, 2), (4, 1)])
+def test_every_process_gets_the_pooled_ridge_solution(processes, local_devices, tmp_path):
     results = mp.launch(processes, [*ARGS, "--out", str(tmp_path)], timeout=240,
-                        env={"JAX_PLATFORMS": "cpu", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+                        env={"JAX_PLATFORMS": "cpu", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+                             "XLA_FLAGS": f"--xla_force_host_platform_device_count={local_devices}"})
     assert len(results) == processes
     weights = [np.load(tmp_path / f"weights_{i}.npy") for i in range(processes)]
     summaries = [json.loads((tmp_path / f"summary_{i}.json").read_text()) for i in range(processes)]
@@ -37,6 +40,7 @@ def test_every_process_gets_the_pooled_ridge_solution(processes, tmp_path):
     # Shards are uneven (2001 rows) and cover every row once.
     assert sum(s["local_rows"] for s in summaries) == 2001 and all(s["total_rows"] == 2001 for s in summaries)
     assert all(s["num_processes"] == processes for s in summaries)
+    assert all(len(s["devices"]) == processes * local_devices for s in summaries)
     reference = _numpy_ridge(x, labels, GAMMA)
     single_process = np.asarray(gram_solve(gram_update(gram_init(24, 5, jnp.float64), x, labels), GAMMA))
     for w in weights:
