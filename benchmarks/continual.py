@@ -229,10 +229,17 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--features", type=Path, default=None,
                    help=".npz feature file (x_train, y_train, x_test, y_test), e.g. CIFAR-100 ViT features")
     p.add_argument("--skip-speed", action="store_true", help="only the accuracy tables")
+    p.add_argument("--speed-only", action="store_true", help="only the Woodbury speed comparison, written to "
+                   "continual_speed.json")
     args = p.parse_args(argv)
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    if args.speed_only:
+        speed = _speed(args.quick)
+        print_table([speed], list(speed), floatfmt="{:.3g}")
+        write_results("continual_speed", {"speed": speed}, args.out)
+        return {"speed": speed}
     datasets = _datasets(args.quick, args.features)
     rows, curves = _protocols(datasets, args.quick)
     cols = ["dataset", "scenario", "learner", "A_avg", "A_last", "forgetting", "A_auc", "fit_s", "state_MB"]
