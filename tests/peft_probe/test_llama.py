@@ -237,7 +237,7 @@ def test_cached_greedy_generation_equals_full_recompute_and_ignores_left_padding
     batch = greedy_generate(tiny, prompts, max_new_tokens=6)
     assert batch == [_naive_greedy(tiny, p, 6) for p in prompts]
     assert len(set(map(tuple, batch))) == 2  # the two continuations really differ
-    assert greedy_generate(tiny, prompts, max_new_tokens=6, scan_layers=False) == batch  # unrolled layers
+    assert greedy_generate(tiny, prompts, max_new_tokens=6, scan_layers=True) == batch  # lax.scan over layers
     stopped = greedy_generate(tiny, [prompts[0]], max_new_tokens=6, eos_token_id=batch[0][2])
     assert stopped == [batch[0][:batch[0].index(batch[0][2])]]
 
@@ -257,7 +257,7 @@ def test_generation_falls_back_to_unrolled_layers_when_one_layer_differs(tiny):
     model.model.layers[0].mlp.down_proj = Scaled(model.model.layers[0].mlp.down_proj)
     assert model.stacked_layers() is None
     prompt = [5, 17, 99, 3]
-    assert greedy_generate(model, [prompt], max_new_tokens=4) == [_naive_greedy(model, prompt, 4)]
+    assert greedy_generate(model, [prompt], max_new_tokens=4, scan_layers=True) == [_naive_greedy(model, prompt, 4)]
 
 
 @pytest.mark.parametrize(("prompts", "steps", "error", "match"), [
