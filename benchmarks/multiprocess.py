@@ -16,6 +16,7 @@ psum would grow with ``d²`` and the network, not with the rows.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ def main(argv: list[str]) -> dict:
     repeats = args.repeats or (3 if args.quick else 5)
     classes = 10
 
+    load_before = os.getloadavg()
     table = [_run(n, rows, dim, classes, repeats) for n in tqdm(args.processes, desc="process counts")]
     base = next((r for r in table if r["processes"] == 1), table[0])
     for r in table:
@@ -62,6 +64,7 @@ def main(argv: list[str]) -> dict:
                         "allreduce_share", "accumulate_gflops"])
     figures = {"rows": rows, "dim": dim, "classes": classes, "dtype": "float32", "repeats": repeats,
                "collectives": "gloo (CPU, 127.0.0.1)", "table": table,
+               "load_average_before_after": [load_before[0], os.getloadavg()[0]],
                "note": "2-core machine shared with other jobs: P processes split the same two cores, so "
                        "speedup_vs_1 measures the cost of process-level sharding (ideal ~1), not multi-host scaling"}
     name = NAME + ("_quick" if args.quick else "")
