@@ -50,6 +50,9 @@ def simulation(tmp_path_factory):
         "deepafl": task.resolve_config({}, {**COMMON, "method": "deepafl", "layers": 2, "phi-dim": 48,
                                             "block-dim": 40, "round-timeout": 60.0,
                                             "output-dir": str(out / "deepafl")}),
+        "deepafl_fault": task.resolve_config({}, {**COMMON, "method": "deepafl", "layers": 1, "phi-dim": 48,
+                                                  "block-dim": 40, "round-timeout": 60.0, "faults": "3:raise@2",
+                                                  "output-dir": str(out / "deepafl_fault")}),
     }
     server = ServerApp()
 
@@ -143,6 +146,26 @@ def test_deepafl_flower_run_equals_in_process_deepafl(simulation):
     scores = np.asarray(deepafl.forward(model, jnp.asarray(split.x_test, jnp.float32)))
     accuracy = float(np.mean(np.argmax(scores, 1) == split.y_test))
     assert report["test_accuracy"] == pytest.approx(accuracy, abs=1e-9) and accuracy > 0.8
+
+
+def test_deepafl_client_failing_mid_protocol_is_dropped_for_the_remaining_rounds(simulation):
+    config, report, arrays = simulation["deepafl_fault"]
+    _, clients = _client_data(config)
+    assert [r["answered"] for r in report["rounds"]] == [[0, 1, 2, 3], [0, 1, 2], [0, 1, 2]]
+    assert list(report["rounds"][1]["failed"]) == ["partition 3"]
+    assert report["merged_partitions"] == [0, 1, 2] and report["missing_partitions"] == [3]
+    # The same schedule in process: classifier 0 over all four clients, block 0 and classifier 1 without client 3.
+    setup = msg.DeepAFLSetup(config["seed"], 64, 10, 48, 40, 1, config["lam"], config["deepafl-gamma"],
+                             config["activation"], config["input-activation"])
+    server = deepafl.DeepAFLServer(setup, dtype=np.float64)
+    participants = [deepafl.DeepAFLClient(k, x, y, setup, dtype=np.float32) for k, (x, y) in enumerate(clients)]
+    weight = server.classifier_round([c.classifier_upload() for c in participants])
+    omega = server.block_round([c.block_upload(weight) for c in participants[:3]])
+    for c in participants[:3]:
+        c.apply_block(omega)
+    server.classifier_round([c.classifier_upload() for c in participants[:3]])
+    assert _relative(arrays["weight"], server.weights[-1]) <= 1e-6
+    assert _relative(arrays["omega_0"], server.omegas[0]) <= 1e-6
 
 
 # ------------------------------------------------------------------------------------ wire format and config
