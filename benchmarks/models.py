@@ -144,7 +144,7 @@ def _llama(args: Any, figures: dict[str, Any]) -> None:
     figures["perplexity"] = {"paragraphs": rows, "mean_nll": mean_nll, "perplexity": float(np.exp(mean_nll))}
 
 
-def _bert(args: Any, figures: dict[str, Any]) -> np.ndarray:
+def _bert(args: Any, figures: dict[str, Any]) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
@@ -169,27 +169,20 @@ def _bert(args: Any, figures: dict[str, Any]) -> np.ndarray:
                          "sentences_per_s": len(SENTENCES) / t}
     print(f"MiniLM: paraphrase cosine {np.round(related, 3)}, unrelated max {max(unrelated):.3f}, "
           f"{len(SENTENCES) / t:.0f} sentences/s")
-    return sim
 
 
-def main(argv: list[str]) -> dict[str, Any]:
-    p = parser("models", __doc__.splitlines()[0])
-    p.add_argument("--new-tokens", type=int, default=20)
-    args = p.parse_args(argv)
-    # Timings on a shared machine: record how busy it was (1-minute load average, before and after).
-    figures: dict[str, Any] = {"quick": args.quick, "load_average_start": os.getloadavg()[0]}
-    _llama(args, figures)
-    sim = _bert(args, figures)
-
+def plot(figures: dict[str, Any]) -> Any:
+    """MiniLM similarity heatmap and SmolLM2 perplexities from a results record's ``figures``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sim, sentences = np.asarray(figures["minilm"]["cosine"]), figures["minilm"]["sentences"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
     im = ax1.imshow(sim, vmin=-0.2, vmax=1, cmap="viridis")
-    ax1.set_xticks(range(len(SENTENCES)), [s[:22] for s in SENTENCES], rotation=60, ha="right", fontsize=7)
-    ax1.set_yticks(range(len(SENTENCES)), [s[:22] for s in SENTENCES], fontsize=7)
+    ax1.set_xticks(range(len(sentences)), [s[:22] for s in sentences], rotation=60, ha="right", fontsize=7)
+    ax1.set_yticks(range(len(sentences)), [s[:22] for s in sentences], fontsize=7)
     ax1.set_title("all-MiniLM-L6-v2 cosine similarity (Flax NNX)")
     fig.colorbar(im, ax=ax1, fraction=0.046)
     gen, ppl = figures["generation"], figures["perplexity"]["paragraphs"]
@@ -201,9 +194,20 @@ def main(argv: list[str]) -> dict[str, Any]:
     ax2.set_ylabel("perplexity (log scale)")
     ax2.set_title(f"SmolLM2-135M Q4_1->f32; KV cache {gen['unrolled_tokens_per_s']:.1f} tok/s "
                   f"({gen['kv_cache_speedup_over_recompute']:.1f}x recompute)", fontsize=9)
+    return fig
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    p = parser("models", __doc__.splitlines()[0])
+    p.add_argument("--new-tokens", type=int, default=20)
+    args = p.parse_args(argv)
+    # Timings on a shared machine: record how busy it was (1-minute load average, before and after).
+    figures: dict[str, Any] = {"quick": args.quick, "load_average_start": os.getloadavg()[0]}
+    _llama(args, figures)
+    _bert(args, figures)
     figures["load_average_end"] = os.getloadavg()[0]
     name = "models_quick" if args.quick else "models"
-    save_figure(fig, name, args.out)
+    save_figure(plot(figures), name, args.out)
     path = write_results(name, figures, args.out)
     print(f"wrote {path}")
     return figures
