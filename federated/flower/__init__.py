@@ -5,6 +5,7 @@
 - :mod:`federated.flower.records` -- :mod:`federated.messages` on Flower's wire (``RecordDict``);
 - :mod:`federated.flower.rounds` -- one round with a deadline: answered / failed / missing;
 - :mod:`federated.flower.task` -- run-config keys and defaults, datasets and partitions;
+- :mod:`federated.flower.local` -- ``LocalFederation``: SuperLink + SuperNodes on 127.0.0.1 and ``flwr run``;
 - ``federated/flower/app/`` -- the Flower App folder for ``flwr run`` (simulation or deployment engine).
 
 Importing this package does not import Flower; the submodules do.
