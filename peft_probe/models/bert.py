@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from peft_probe.models.inputs import check_token_inputs
+
 _INIT = nnx.initializers.normal(stddev=0.02)  # HF ``initializer_range`` default
 
 
@@ -163,9 +165,7 @@ class BertModel(nnx.Module):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  token_type_ids: jax.Array | None = None) -> jax.Array:
         """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: ``(b, t)`` -> ``(b, t, hidden)``."""
-        if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"input_ids has {input_ids.shape[1]} tokens, more than max_position_embeddings="
-                             f"{self.config.max_position_embeddings}")
+        check_token_inputs(input_ids, attention_mask, self.config.max_position_embeddings)
         key_mask = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask.astype(bool)
         if token_type_ids is None:
             token_type_ids = jnp.zeros(input_ids.shape, jnp.int32)

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from peft_probe.models.inputs import check_token_inputs
+
 _INIT = nnx.initializers.normal(stddev=0.02)  # HF ``initializer_range`` default
 
 
@@ -211,6 +213,7 @@ class LlamaForCausalLM(nnx.Module):
         ignored); positions: ``(b, t)`` rotary positions, default ``0..t-1`` (as HF without ``position_ids``).
         Returns logits ``(b, t, vocab)`` float32.
         """
+        check_token_inputs(input_ids, attention_mask, self.config.max_position_embeddings)
         b, t = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))

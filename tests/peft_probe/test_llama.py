@@ -184,6 +184,19 @@ def forward_sum(model, ids):
     return model(ids).sum()
 
 
+@pytest.mark.parametrize(("ids", "mask", "error", "match"), [
+    (np.zeros((8,), np.int32), None, ValueError, r"shape \(batch, tokens\)"),
+    (np.zeros((1, 8), np.float32), None, TypeError, "integer token ids"),
+    (np.zeros((2, 8), np.int32), np.ones((2, 7), np.int32), ValueError, "attention_mask has shape"),
+    (np.zeros((1, 257), np.int32), None, ValueError, "max_position_embeddings=256"),
+])
+def test_bad_token_inputs_are_rejected_before_any_compute(tiny, ids, mask, error, match):
+    with pytest.raises(error, match=match):
+        tiny(jnp.asarray(ids), None if mask is None else jnp.asarray(mask))
+    with pytest.raises(error, match=match):  # the same checks hold under jit (they read static shapes only)
+        _logits(tiny, jnp.asarray(ids), None if mask is None else jnp.asarray(mask), None)
+
+
 @pytest.mark.parametrize("bad", [dict(hidden_size=65), dict(num_key_value_heads=3), dict(vocab_size=0)])
 def test_inconsistent_config_is_rejected(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
