@@ -69,8 +69,9 @@ def greedy_generate(model: LlamaForCausalLM, prompts: Sequence[Sequence[int]], m
     """Greedy continuations of a batch of token-id ``prompts``; each is cut before its first ``eos_token_id``.
 
     ``scan_layers``: run the decoder stack as a ``lax.scan`` instead of unrolled layers. On SmolLM2-135M (CPU)
-    that compiles ~3x faster (≈2 vs ≈6.7 CPU-seconds) but each step runs ~2x slower (the scan slices the stacked
-    weights), so unrolled wins from ~20 tokens on; see ``benchmarks/results/models.json``.
+    that compiles 2.7-3.8x faster (≈3 vs 8-12 CPU-seconds) but each step runs 1.5-2.4x slower (the scan slices
+    the stacked weights), so it pays for one short call (tests), not for repeated generation; see
+    ``benchmarks/results/models.json``.
     """
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
