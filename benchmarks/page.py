@@ -136,6 +136,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--domlora-variant", default="expectation", choices=VARIANTS)
+    p.add_argument("--tag", default="", help="suffix of the result names (keeps several runs side by side)")
     p.add_argument("--ft-batch", type=int, default=None, help="fine-tuning batch size (quick 2, full 8)")
     p.add_argument("--eval", type=int, default=None, help="held-out examples per task (quick 16, full 64)")
     args = p.parse_args(argv)
@@ -146,7 +147,7 @@ def main(argv: list[str]) -> dict:
     probe_batches = 1 if quick else 4
     ft_tasks = args.finetune_tasks if args.finetune_tasks is not None else (
         ["arithmetic"] if quick else list(FAMILIES))
-    name = "page_quick" if quick else "page"
+    name = ("page_quick" if quick else "page") + (f"_{args.tag}" if args.tag else "")
     n_eval = args.eval or (16 if quick else 64)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
