@@ -252,7 +252,7 @@ def _set_child(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
 def inject_lora(model: nnx.Module, config: LoraConfig, rngs: nnx.Rngs | int = 0) -> list[str]:
     """Replace every ``nnx.Linear`` that ``config`` selects by a ``LoraLinear`` (in place); return their names.
 
-    ``A`` of module ``name`` is drawn from ``adapter_key(rngs.params(), name)``, so the same seed gives the same
+    ``A`` of module ``name`` is drawn from ``adapter_key(base_key(rngs), name)``, so the same seed gives the same
     ``A`` whatever else is adapted (the PAGE probe's concrete variant relies on this). ``B = 0``.
     """
     if not isinstance(config, LoraConfig):
