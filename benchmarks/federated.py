@@ -187,7 +187,7 @@ def deepafl_cost(data, clients: int, kw: dict) -> dict[str, Any]:
             "accuracy": model.score(xte.astype(np.float32), yte), "comm": model.comm_, "rows": int(len(y))}
 
 
-def plot(rows: list[dict], clients_list: list[int], out, name: str = "federated_accuracy") -> None:
+def plot(rows: list[dict], clients_list: list[int], out, filename: str = "federated_accuracy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +208,7 @@ def plot(rows: list[dict], clients_list: list[int], out, name: str = "federated_
             ax.set_ylabel("test accuracy")
     axes[0, -1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    save_figure(fig, name, out)
+    save_figure(fig, filename, out)
 
 
 def main(argv: list[str]) -> dict:
