@@ -185,9 +185,8 @@ def _compare(expected: Any, stored: Any, where: str) -> None:
             return
         if expected.get("type") != stored.get("type"):
             raise CheckpointError(f"{where}: expected type {expected.get('type')}, checkpoint has {stored.get('type')}")
-        keys = set(expected) - {"value", "sha256", "index"}
-        for k in keys:
-            if k in ("kind", "type"):
+        for k in expected:
+            if k in ("kind", "type", "value", "sha256", "index"):
                 continue
             if k not in stored:
                 raise CheckpointError(f"{where}: checkpoint lacks {k!r}")
