@@ -29,10 +29,10 @@ from tqdm.auto import tqdm
 
 from benchmarks.common import best_time, parser, print_table, save_figure, write_results
 from peft_probe.domlora import dominant_module, domlora_config
-from peft_probe.finetune import answer_token_accuracy, answer_token_loss, default_optimizer, finetune, train_step
 from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, linear_modules, merge_lora
 from peft_probe.page import VARIANTS, kernel_gradient_fn, page_scores_all, plot_page_heatmap
 from peft_probe.tasks import FAMILIES, IM_END, chat_prompt, evaluate, make_batches, make_task
+from peft_probe.training import answer_token_accuracy, answer_token_loss, default_optimizer, finetune, train_step
 
 
 def _probe_cost(model: nnx.Module, batch: dict[str, np.ndarray], config: LoraConfig, repeats: int) -> dict[str, float]:

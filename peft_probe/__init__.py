@@ -13,7 +13,7 @@ _EXPORTS: dict[str, str] = {
     "merge_lora": "peft_probe.lora",
     "unmerge_lora": "peft_probe.lora",
     "export_peft": "peft_probe.lora",
-    "finetune": "peft_probe.finetune",
+    "finetune": "peft_probe.training",
     "page_scores": "peft_probe.page",
     "dominant_module": "peft_probe.domlora",
     "domlora_config": "peft_probe.domlora",

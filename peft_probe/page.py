@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from peft_probe.finetune import answer_token_loss, check_batch, per_example_loss
 from peft_probe.lora import (
     ALL_LINEAR,
     LoraConfig,
@@ -39,6 +38,7 @@ from peft_probe.lora import (
     module_layer,
     name_hash,
 )
+from peft_probe.training import answer_token_loss, check_batch, per_example_loss
 
 __all__ = ["VARIANTS", "ModuleScore", "PageScores", "page_scores", "page_scores_all", "kernel_gradient_fn",
            "plot_page_heatmap"]

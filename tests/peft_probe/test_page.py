@@ -12,9 +12,9 @@ import pytest
 from flax import nnx
 
 import peft_probe.page as page
-from peft_probe.finetune import answer_token_loss, per_example_loss
 from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, linear_modules, lora_modules
 from peft_probe.page import VARIANTS, page_scores, page_scores_all, plot_page_heatmap
+from peft_probe.training import answer_token_loss, per_example_loss
 from tests.peft_probe.lora_fixtures import random_batch, tiny_model
 
 CONFIG = LoraConfig(r=4, alpha=8, target_modules=ALL_LINEAR)

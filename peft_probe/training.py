@@ -8,9 +8,7 @@ token) and ``loss_mask`` (1 = this token belongs to the answer and is predicted 
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -147,16 +145,3 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
         save_adapters(model, checkpoint, {"steps": steps, "final_loss": losses[-1]}, overwrite=True)
     step_seconds = float(np.median(times[1:])) if len(times) > 1 else float(times[0])
     return FinetuneResult(losses, seconds, step_seconds, trainable)
-
-
-
-class _CallableModule(types.ModuleType):
-    """``peft_probe.finetune`` is both this module and its main function (the package exports the function under
-    the module's name); once the submodule is imported Python binds the package attribute to the module, so the
-    module forwards calls to ``finetune`` and ``from peft_probe import finetune; finetune(...)`` always works."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> FinetuneResult:
-        return finetune(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

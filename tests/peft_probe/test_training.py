@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from peft_probe.finetune import answer_token_accuracy, check_batch, default_optimizer, finetune
 from peft_probe.lora import LoraConfig, inject_lora, load_adapters, lora_modules, trainable_count
+from peft_probe.training import answer_token_accuracy, check_batch, default_optimizer, finetune
 from tests.peft_probe.lora_fixtures import random_batch, tiny_model
 
 
@@ -100,11 +100,11 @@ def test_finetune_argument_errors():
         finetune(model, LoraConfig(r=2), [random_batch()], steps=0)
 
 
-def test_package_export_is_callable_even_after_the_submodule_is_imported():
+def test_package_export_is_the_function_even_after_the_submodule_is_imported():
     import peft_probe
-    import peft_probe.finetune as module
+    import peft_probe.training  # noqa: F401
     from peft_probe import finetune as exported
 
-    assert callable(exported) and callable(peft_probe.finetune)
+    assert exported is finetune and peft_probe.finetune is finetune
     with pytest.raises(ValueError, match="no LoRA adapters"):
-        module(tiny_model(dtype=jnp.float32), None, [random_batch()])
+        exported(tiny_model(dtype=jnp.float32), None, [random_batch()])
