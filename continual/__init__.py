@@ -1,12 +1,8 @@
 """Analytic continual learners (ACIL, DS-AL, GACL, F-OAL, AIR) with scenarios, metrics and baselines."""
 
-from __future__ import annotations
+from analytic.lazy import lazy_namespace
 
-import importlib
-from typing import Any
-
-# Public names -> defining module. Loaded on first access (PEP 562) so that importing one submodule never
-# pulls in the heavy dependencies of another (e.g. Flower, transformers).
+# Public names -> defining module, loaded on first access.
 _EXPORTS: dict[str, str] = {
     "ACIL": "continual.acil",
     "DSAL": "continual.dsal",
@@ -15,21 +11,4 @@ _EXPORTS: dict[str, str] = {
     "AIR": "continual.air",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS, globals())
