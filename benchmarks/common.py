@@ -73,8 +73,9 @@ def write_results(name: str, figures: dict[str, Any], out: Path = RESULTS_DIR) -
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "benchmark": name,
-        "command": "python -m benchmarks " + " ".join([name, *sys.argv[2:]]) if sys.argv[0].endswith(
-            "__main__.py") else " ".join(sys.argv),
+        # The command as typed: through the dispatcher argv[0] is benchmarks/__main__.py and argv[1] the name.
+        "command": ("python -m benchmarks " + " ".join(sys.argv[1:])) if sys.argv[0].endswith("__main__.py")
+        else " ".join(sys.argv),
         "git_revision": git_revision(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": versions(),
