@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 
 __all__ = ["ACTIVATIONS", "RandomBuffer", "GaussianKernelBuffer", "feature_fusion"]
@@ -28,6 +29,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 _INITS = ("normal", "uniform", "torch_linear")
 
 
+@register_checkpoint_type
 @jax.tree_util.register_pytree_node_class
 class RandomBuffer:
     """``φ(x) = σ(x A + b)``: a fixed random expansion ``in_dim -> out_dim``.
@@ -102,6 +104,7 @@ def _apply_buffer(buf: RandomBuffer, x: jax.Array) -> jax.Array:
     return ACTIVATIONS[buf.activation](z)
 
 
+@register_checkpoint_type
 @jax.tree_util.register_pytree_node_class
 class GaussianKernelBuffer:
     """``φ(x)_j = exp(-‖x − c_j‖² / (2σ²))`` against fixed centers ``c: (m, d)`` (an RBF / Nyström-style buffer)."""

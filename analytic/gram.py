@@ -14,12 +14,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
 from analytic.validation import as_targets, check_features
 
 __all__ = ["GramStats", "gram_init", "gram_update", "gram_merge", "gram_solve", "gram_accumulate", "symmetric_gram"]
 
 
+@register_checkpoint_type
 class GramStats(NamedTuple):
     """Sufficient statistics of a ridge problem.
 

@@ -19,12 +19,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
 from analytic.validation import as_targets, check_features, check_gamma
 
 __all__ = ["RLSState", "rls_init", "rls_update", "rls_step", "rls_predict"]
 
 
+@register_checkpoint_type
 class RLSState(NamedTuple):
     """State of the recursion.
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_predict, rls_step
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, padded_batch, real_rows
@@ -26,6 +27,7 @@ from continual._wrapper import ContinualClassifier, padded_batch, real_rows
 __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
 
 
+@register_checkpoint_type
 class ACILState(NamedTuple):
     """Attributes: ``buffer`` -- the fixed :class:`analytic.RandomBuffer` (``in_dim -> buffer_size``);
     ``head`` -- :class:`analytic.RLSState` with ``weight (buffer_size, c)`` and ``inv_autocorr (buffer_size,)*2``."""

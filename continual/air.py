@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, expand_classes, gram_accumulate, gram_init, ridge_solve
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, mask_unseen, padded_batch, real_rows
@@ -41,6 +42,7 @@ __all__ = ["AIRState", "init", "update", "solve", "predict", "AIR"]
 STATISTICS = ("full", "diagonal")
 
 
+@register_checkpoint_type
 class AIRState(NamedTuple):
     """Per-class ridge statistics.
 

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from analytic import AnalyticLinear, GramStats, RandomBuffer, gram_init, gram_update, ridge_solve
+from analytic.checkpoint import register_checkpoint_type
 from analytic.validation import check_features, check_gamma, check_labels
 
 __all__ = ["JointRidge", "SLDAState", "slda_init", "slda_update", "slda_predict", "SLDA", "FineTune"]
@@ -62,6 +63,7 @@ class JointRidge(AnalyticLinear):
 
 
 # -- SLDA ---------------------------------------------------------------------------------------------------------
+@register_checkpoint_type
 class SLDAState(NamedTuple):
     """stats: ``XᵀX`` (d, d) and per-class sums ``XᵀY`` (d, c) of the raw features; counts: (c,) rows per class."""
 

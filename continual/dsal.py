@@ -29,6 +29,7 @@ import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step
 from analytic.buffers import ACTIVATIONS
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, grow_mask, padded_batch, real_rows, seen_mask
@@ -38,6 +39,7 @@ __all__ = ["StreamActivations", "DSALState", "init", "update", "predict", "DSAL"
 CLEANSING = ("paper", "authors")
 
 
+@register_checkpoint_type
 @jax.tree_util.register_pytree_node_class
 class StreamActivations:
     """Static (leafless) pytree node naming the main and compensation activations, so states stay jittable."""
@@ -56,6 +58,7 @@ class StreamActivations:
         return cls(*aux)
 
 
+@register_checkpoint_type
 class DSALState(NamedTuple):
     """Attributes:
       projection: shared :class:`analytic.RandomBuffer` with identity activation, ``in_dim -> buffer_size``.

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls_init
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.rls import rls_predict, rls_step
 from analytic.validation import check_features, check_gamma, check_labels
@@ -34,6 +35,7 @@ from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padd
 __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
 
 
+@register_checkpoint_type
 class FOALState(NamedTuple):
     """Attributes:
       projection: ``(D, P)`` fixed random projection of the fusion.

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.rls import rls_step
 from analytic.validation import check_features, check_gamma, check_labels
@@ -38,6 +39,7 @@ from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padd
 __all__ = ["GACLState", "init", "update", "eclg_step", "predict", "GACL"]
 
 
+@register_checkpoint_type
 class GACLState(NamedTuple):
     """Attributes:
       buffer: optional :class:`analytic.RandomBuffer` (``None``: the features are used as given).

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import GramStats, gram_accumulate, gram_init, gram_merge, ridge_solve
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import resolve_dtype
 from analytic.solve import cholesky_ridge_solve
 from analytic.validation import check_features, check_gamma, check_labels
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 
+@register_checkpoint_type
 class AFLServerState(NamedTuple):
     """What the server keeps between waves: summed raw Grams, ``Σγₖ`` and the ids merged so far."""
 

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, gram_accumulate, gram_init, gram_update, ridge_fit, ridge_solve
+from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
 from federated import messages as msg
@@ -39,6 +40,7 @@ __all__ = ["DeepAFLModel", "make_layers", "omega_solve", "forward", "fit_central
            "DeepAFLServer", "run_federated", "DeepAFL"]
 
 
+@register_checkpoint_type
 class DeepAFLModel(NamedTuple):
     """``input_layer`` (Φ₀), ``blocks`` (T RandomBuffers), ``omegas`` (T × ``(d_F, d_Φ)``), ``weight`` W_T ``(d_Φ, c)``.
     """
