@@ -10,14 +10,15 @@ from analytic.classes import expand_classes, one_hot
 from analytic.dtypes import default_float, row_bucket
 from analytic.estimator import AnalyticLinear
 from analytic.gram import GramStats, gram_accumulate, gram_init, gram_merge, gram_solve, gram_update
-from analytic.rls import RLSState, rls_init, rls_predict, rls_step, rls_update
+from analytic.health import NumericalBreakdownError
+from analytic.rls import RLSState, rls_init, rls_predict, rls_step, rls_step_checked, rls_update
 from analytic.sharded import data_mesh, sharded_gram_update
 from analytic.solve import RidgeSolveWarning, cholesky_ridge_solve, eigh_ridge_solve, ridge_fit, ridge_solve
 
 __all__ = [
-    "ACTIVATIONS", "AnalyticLinear", "CheckpointError", "GaussianKernelBuffer", "GramStats", "RLSState",
-    "RandomBuffer", "RidgeSolveWarning", "cholesky_ridge_solve", "data_mesh", "default_float", "eigh_ridge_solve",
-    "expand_classes", "feature_fusion", "gram_accumulate", "gram_init", "gram_merge", "gram_solve", "gram_update",
-    "load_state", "one_hot", "ridge_fit", "ridge_solve", "rls_init", "rls_predict", "rls_step", "rls_update",
-    "row_bucket", "save_state", "sharded_gram_update",
+    "ACTIVATIONS", "AnalyticLinear", "CheckpointError", "GaussianKernelBuffer", "GramStats",
+    "NumericalBreakdownError", "RLSState", "RandomBuffer", "RidgeSolveWarning", "cholesky_ridge_solve", "data_mesh",
+    "default_float", "eigh_ridge_solve", "expand_classes", "feature_fusion", "gram_accumulate", "gram_init",
+    "gram_merge", "gram_solve", "gram_update", "load_state", "one_hot", "ridge_fit", "ridge_solve", "rls_init",
+    "rls_predict", "rls_step", "rls_step_checked", "rls_update", "row_bucket", "save_state", "sharded_gram_update",
 ]

@@ -19,7 +19,7 @@ from analytic.checkpoint import load_state, save_state
 from analytic.classes import expand_classes
 from analytic.gram import GramStats, gram_init, gram_solve, gram_update
 from analytic.rls import RLSState, rls_init, rls_predict, rls_update
-from analytic.validation import check_features, check_gamma, check_labels
+from analytic.validation import check_classes, check_features, check_gamma, check_labels
 
 __all__ = ["AnalyticLinear"]
 
@@ -45,8 +45,7 @@ class AnalyticLinear:
         self.gamma = check_gamma(gamma)
         if solver not in ("gram", "rls"):
             raise ValueError(f"solver must be 'gram' or 'rls', got {solver!r}")
-        if classes is not None and int(classes) <= 0:
-            raise ValueError(f"classes must be > 0, got {classes}")
+        classes = check_classes(classes)
         self.buffer, self.solver, self.dtype, self.classes = buffer, solver, dtype, classes
         self.state_: GramStats | RLSState | None = None
         self._coef: jax.Array | None = None
@@ -66,10 +65,11 @@ class AnalyticLinear:
         ``classes`` (optional, sklearn's convention) declares the total class count on the first call. A call that
         raises leaves the estimator exactly as it was.
         """
-        declared = self.classes if classes is None else int(classes)
+        declared = self.classes if classes is None else check_classes(classes)
+        if declared is not None and self.state_ is not None and declared < self.state_.classes:
+            raise ValueError(f"classes declares {declared} classes but the estimator already has "
+                             f"{self.state_.classes} class columns")
         feats = self._features(x)
-        if np.ndim(y) == 1:
-            check_labels(y, classes=declared, n=feats.shape[0])
         state = self.state_
         if state is None:
             dim = feats.shape[1]
@@ -77,7 +77,8 @@ class AnalyticLinear:
                      else rls_init(dim, declared or 0, self.gamma, self.dtype))
         elif declared is not None and declared > state.classes:
             state = expand_classes(state, declared)
-        state = gram_update(state, feats, y) if self.solver == "gram" else rls_update(state, feats, y)
+        state = (gram_update(state, feats, y, classes=declared) if self.solver == "gram"
+                 else rls_update(state, feats, y, classes=declared))
         self.state_, self.classes, self._coef = state, declared, None
         return self
 

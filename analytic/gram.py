@@ -1,8 +1,8 @@
 """Additive ridge statistics: the ``GramStats`` monoid.
 
 A ridge solution ``W = (XᵀX + γI)⁻¹ XᵀY`` depends on the data only through ``(XᵀX, XᵀY, n)``, which add over any
-split of the rows -- batches, phases, clients or devices (METHODS.md, section 1; AFL's absolute aggregation law
-is this sum, Zhuang et al. 2024, eq. 9). ``gram_merge`` is the monoid operation (associative, commutative,
+split of the rows -- batches, phases, clients or devices (AFL's absolute aggregation law is this sum, Zhuang et
+al., "Analytic Federated Learning", 2024). ``gram_merge`` is the monoid operation (associative, commutative,
 identity ``gram_init``); ``gram_solve`` reads the solution out with one SPD solve.
 """
 
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic.health import check_committed, gram_finite
 from analytic.validation import as_targets, check_features
 
 __all__ = ["GramStats", "gram_init", "gram_update", "gram_merge", "gram_solve", "gram_accumulate", "symmetric_gram"]
@@ -94,20 +95,30 @@ def gram_accumulate(
     return GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
 
 
-def gram_update(stats: GramStats, x: Any, y: Any, compute_dtype: Any = None) -> GramStats:
+def gram_update(stats: GramStats, x: Any, y: Any, compute_dtype: Any = None, classes: int | None = None) -> GramStats:
     """Add a batch to the statistics: ``x: (n, d)``; ``y``: class ids ``(n,)`` or targets ``(n, c')``.
 
-    Integer labels beyond the current width grow the class columns (zero-padded, exact). The batch is validated
-    first (see :mod:`analytic.validation`), so an error leaves ``stats`` as it was; it is then zero-padded to a
+    Integer labels beyond the current width grow the class columns (zero-padded, exact); ``classes`` (a declared
+    class count) bounds that growth. The batch is validated first (see :mod:`analytic.validation`) and the result
+    is committed only if its statistics are finite (a row whose squares overflow raises ``ValueError`` naming it,
+    :func:`analytic.health.check_committed`), so an error leaves ``stats`` as it was. Rows are zero-padded to a
     :func:`~analytic.dtypes.row_bucket` size so a short last batch does not compile a new program per size.
     """
     x = check_features(x, dim=stats.dim)
-    t, width = as_targets(y, x.shape[0], stats.classes, stats.xty.dtype)
+    t, width = as_targets(y, x.shape[0], stats.classes, stats.xty.dtype, declared=classes)
+    grown = stats
     if width > stats.classes:
-        stats = stats._replace(xty=jnp.pad(stats.xty, ((0, 0), (0, width - stats.classes))))
+        grown = stats._replace(xty=jnp.pad(stats.xty, ((0, 0), (0, width - stats.classes))))
     n, padded = x.shape[0], row_bucket(x.shape[0])
     cd = None if compute_dtype is None else resolve_dtype(compute_dtype)
-    return gram_accumulate(stats, pad_rows(x, padded), pad_rows(t, padded), jnp.int32(n), cd)
+    new = gram_accumulate(grown, pad_rows(x, padded), pad_rows(t, padded), jnp.int32(n), cd)
+    check_committed(_finite(new), lambda: x, cd or stats.xtx.dtype)
+    return new
+
+
+@jax.jit
+def _finite(stats: GramStats) -> jax.Array:
+    return gram_finite(stats.xtx, stats.xty)
 
 
 @jax.jit

@@ -1,6 +1,7 @@
 """Recursive least squares by the Woodbury identity, with class-column growth.
 
-ACIL's recursive update (Zhuang et al., NeurIPS 2022, eqs. 10-11; METHODS.md section 1): with ``R₀ = I/γ`` and
+ACIL's recursive update (Zhuang et al., "ACIL: Analytic Class-Incremental Learning with Absolute Memorization
+and Privacy Protection", NeurIPS 2022, the recursive ``R`` and ``W`` updates of §3): with ``R₀ = I/γ`` and
 ``W₀ = 0``, for each batch ``X_k: (b, d)``, ``Y_k: (b, c)``::
 
     K   = I_b + X_k R Xᵀ_k                    (b×b, SPD)
@@ -10,6 +11,10 @@ ACIL's recursive update (Zhuang et al., NeurIPS 2022, eqs. 10-11; METHODS.md sec
 Because ``R' Xᵀ_k = R Xᵀ_k K⁻¹`` the weight step reuses the factor of ``K``; the whole update costs
 ``2 d² b + O(d b² + b³)`` flops and never inverts a ``d×d`` matrix. After any sequence of batches ``W`` equals the
 joint ridge solution on all rows seen and ``R = (XᵀX + γI)⁻¹`` -- the "absolute memorization" property.
+
+Every step also returns its numerical health (:mod:`analytic.health`): :func:`rls_update` commits a batch only if
+the new ``W``/``R`` are finite and ``R`` kept positive definite, and warns when a step was below the dtype's
+resolution, so a float32 stream beyond its precision raises instead of turning NaN.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import jax.numpy as jnp
 
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic.health import RLSHealth, check_committed, rls_health
 from analytic.validation import as_targets, check_features, check_gamma
 
-__all__ = ["RLSState", "rls_init", "rls_update", "rls_step", "rls_predict"]
+__all__ = ["RLSState", "rls_init", "rls_update", "rls_step", "rls_step_checked", "rls_predict"]
 
 
 @register_checkpoint_type
@@ -56,12 +62,7 @@ def rls_init(dim: int, classes: int = 0, gamma: float = 1.0, dtype: Any = None) 
     return RLSState(jnp.zeros((dim, classes), dt), jnp.eye(dim, dtype=dt) / jnp.asarray(gamma, dt))
 
 
-@jax.jit
-def rls_step(state: RLSState, x: jax.Array, y: jax.Array) -> RLSState:
-    """Pure, jittable Woodbury step; ``x: (b, d)``, ``y: (b, c)`` already of the state's width and dtype.
-
-    Zero rows (padding) leave the state unchanged exactly: they add identity rows/columns to ``K``.
-    """
+def _woodbury(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RLSHealth]:
     w, r = state
     x = x.astype(r.dtype)
     y = y.astype(r.dtype)
@@ -74,22 +75,44 @@ def rls_step(state: RLSState, x: jax.Array, y: jax.Array) -> RLSState:
     r_new = 0.5 * (r_new + r_new.T)
     residual = y - jnp.matmul(x, w, precision=HIGHEST)
     w_new = w + jnp.matmul(gain, residual, precision=HIGHEST)
-    return RLSState(w_new, r_new)
+    return RLSState(w_new, r_new), rls_health(chol, r, r_new, w_new, x)
 
 
-def rls_update(state: RLSState, x: Any, y: Any) -> RLSState:
+@jax.jit
+def rls_step_checked(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RLSHealth]:
+    """:func:`rls_step` plus its :class:`~analytic.health.RLSHealth` flags (computed from the step's own factors)."""
+    return _woodbury(state, x, y)
+
+
+@jax.jit
+def rls_step(state: RLSState, x: jax.Array, y: jax.Array) -> RLSState:
+    """Pure, jittable Woodbury step; ``x: (b, d)``, ``y: (b, c)`` already of the state's width and dtype.
+
+    Zero rows (padding) leave the state unchanged exactly: they add identity rows/columns to ``K``. No health
+    check: use :func:`rls_step_checked` (or :func:`rls_update`) where a broken step must not be committed.
+    """
+    return _woodbury(state, x, y)[0]
+
+
+def rls_update(state: RLSState, x: Any, y: Any, classes: int | None = None) -> RLSState:
     """One recursive step on ``x: (b, d)`` with class ids ``(b,)`` or targets ``(b, c')``.
 
-    New classes (ids ≥ the current width, or wider targets) zero-pad ``W`` first (``W̃`` above). Input is
-    validated before any work, so an error leaves ``state`` usable and unchanged; rows are zero-padded to a
-    :func:`~analytic.dtypes.row_bucket` size (exact) to bound recompilation.
+    New classes (ids ≥ the current width, or wider targets) zero-pad ``W`` first (``W̃`` above); ``classes``
+    (a declared class count) bounds that growth. Input is validated before any work, and the step is committed
+    only if it is numerically sound (:func:`analytic.health.check_committed`: ``ValueError`` for a row whose
+    squares overflow, :class:`~analytic.health.NumericalBreakdownError` when ``R`` lost definiteness), so an
+    error leaves ``state`` usable and unchanged. Rows are zero-padded to a :func:`~analytic.dtypes.row_bucket`
+    size (exact) to bound recompilation.
     """
     x = check_features(x, dim=state.dim)
-    t, width = as_targets(y, x.shape[0], state.classes, state.weight.dtype)
+    t, width = as_targets(y, x.shape[0], state.classes, state.weight.dtype, declared=classes)
+    grown = state
     if width > state.classes:
-        state = state._replace(weight=jnp.pad(state.weight, ((0, 0), (0, width - state.classes))))
+        grown = state._replace(weight=jnp.pad(state.weight, ((0, 0), (0, width - state.classes))))
     rows = row_bucket(x.shape[0])
-    return rls_step(state, pad_rows(x, rows), pad_rows(t, rows))
+    new, health = rls_step_checked(grown, pad_rows(x, rows), pad_rows(t, rows))
+    check_committed(health.ok, lambda: x, state.weight.dtype, health=health)
+    return new
 
 
 @jax.jit

@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from analytic.dtypes import HIGHEST, pad_rows
 from analytic.gram import GramStats
+from analytic.health import check_committed, gram_finite
 from analytic.validation import as_targets, check_features
 
 __all__ = ["sharded_gram_update", "data_mesh"]
@@ -43,7 +44,9 @@ def _sharded_block(x: jax.Array, y: jax.Array, mesh: Mesh, axis: str) -> tuple[j
     )(x, y)
 
 
-def sharded_gram_update(stats: GramStats, x: Any, y: Any, mesh: Mesh, axis_name: str | None = None) -> GramStats:
+def sharded_gram_update(
+    stats: GramStats, x: Any, y: Any, mesh: Mesh, axis_name: str | None = None, classes: int | None = None
+) -> GramStats:
     """``gram_update`` with the rows of ``x: (n, d)`` / ``y`` split over ``mesh``'s axis and Grams ``psum``-reduced.
 
     ``n`` need not divide the device count: rows are zero-padded to a multiple of it (exact for Grams). ``x`` may
@@ -53,7 +56,7 @@ def sharded_gram_update(stats: GramStats, x: Any, y: Any, mesh: Mesh, axis_name:
     axis = axis_name or mesh.axis_names[0]
     ndev = mesh.shape[axis]
     x = check_features(x, dim=stats.dim)
-    t, width = as_targets(y, x.shape[0], stats.classes, stats.xty.dtype)
+    t, width = as_targets(y, x.shape[0], stats.classes, stats.xty.dtype, declared=classes)
     if width > stats.classes:
         stats = stats._replace(xty=jnp.pad(stats.xty, ((0, 0), (0, width - stats.classes))))
     n = x.shape[0]
@@ -63,4 +66,7 @@ def sharded_gram_update(stats: GramStats, x: Any, y: Any, mesh: Mesh, axis_name:
     x, t = jax.device_put(x, sharding), jax.device_put(t, sharding)
     xtx, xty = _sharded_block(x, t, mesh, axis)
     xtx = 0.5 * (xtx + xtx.T)
-    return GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
+    new = GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
+    # Committed only if finite (a row whose squares overflow is named), like gram_update.
+    check_committed(gram_finite(new.xtx, new.xty), lambda: x, stats.xtx.dtype)
+    return new

@@ -14,7 +14,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["check_features", "check_labels", "check_targets", "check_gamma", "as_targets"]
+__all__ = [
+    "MAX_UNDECLARED_CLASSES", "MAX_DECLARED_CLASSES", "check_features", "check_labels", "check_targets",
+    "check_gamma", "check_classes", "as_targets",
+]
+
+#: Largest class count a model may grow to from its labels alone. Labels are one-hot encoded, so a single id of
+#: ``2**62`` would otherwise ask XLA for an ``(n, 2**62)`` array and abort the process; a stream with more classes
+#: than this must declare them (``classes=...``), which makes the memory it will need an explicit decision.
+MAX_UNDECLARED_CLASSES = 1 << 16
+#: Upper bound on a declared class count (``classes=``): beyond it no head of any width fits in memory.
+MAX_DECLARED_CLASSES = 1 << 24
 
 
 def _shape_str(a: Any) -> str:
@@ -60,7 +70,8 @@ def check_labels(labels: Any, name: str = "y", classes: int | None = None, n: in
     """Validate integer class ids ``labels: (n,)`` and return them as a NumPy ``int64`` array.
 
     Float arrays are accepted only if every entry is integral (e.g. labels read from a CSV); booleans are refused.
-    ``classes`` (if given) is the declared number of classes: ids must lie in ``[0, classes)``.
+    ``classes`` (if given) is the declared number of classes: ids must lie in ``[0, classes)``; otherwise ids must
+    lie below :data:`MAX_UNDECLARED_CLASSES`, the largest width a model may grow to without a declaration.
     """
     arr = np.asarray(labels)
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
@@ -75,14 +86,21 @@ def check_labels(labels: Any, name: str = "y", classes: int | None = None, n: in
         if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
             bad = arr[~(np.isfinite(arr) & (arr == np.round(np.nan_to_num(arr))))][:3]
             raise ValueError(f"{name} must hold integer class ids, found non-integer values such as {bad.tolist()}")
-    arr = arr.astype(np.int64)
-    if arr.min() < 0:
-        raise ValueError(f"{name} has negative class ids (min {int(arr.min())})")
-    if classes is not None and arr.max() >= classes:
+    # Compare before casting: a float 1e300 or a uint64 above 2**63 would wrap around in int64.
+    low, high = arr.min(), arr.max()
+    if low < 0:
+        raise ValueError(f"{name} has negative class ids (min {int(low)})")
+    limit = MAX_UNDECLARED_CLASSES if classes is None else classes
+    if high >= limit:
+        if classes is not None:
+            raise ValueError(
+                f"{name} has class id {int(high)} but only {classes} classes were declared (ids 0..{classes - 1})"
+            )
         raise ValueError(
-            f"{name} has class id {int(arr.max())} but only {classes} classes were declared (ids 0..{classes - 1})"
+            f"{name} has class id {int(high)}, at or above the {MAX_UNDECLARED_CLASSES} classes a model may grow to "
+            f"from its labels; declare the class count explicitly (classes=...) if it is really that large"
         )
-    return arr
+    return arr.astype(np.int64)
 
 
 def check_targets(y: Any, name: str = "y", n: int | None = None) -> jax.Array:
@@ -101,18 +119,30 @@ def check_targets(y: Any, name: str = "y", n: int | None = None) -> jax.Array:
     return y
 
 
-def as_targets(y: Any, n: int, classes: int | None, dtype: Any, name: str = "y") -> tuple[jax.Array, int]:
+def as_targets(
+    y: Any, n: int, classes: int | None, dtype: Any, name: str = "y", declared: int | None = None
+) -> tuple[jax.Array, int]:
     """Labels ``(n,)`` or dense targets ``(n, c)`` -> (targets ``(n, width)``, width).
 
     ``classes`` is the current width of the model (``None`` = no model yet). Integer labels are one-hot encoded with
-    width ``max(classes, max_label + 1)`` -- the class-growth rule of the RLS literature (METHODS.md, section 1);
-    dense targets narrower than ``classes`` are zero-padded, wider ones grow the model.
+    width ``max(classes, max_label + 1)`` -- the class-growth rule of recursive least squares (``W̃``, ``W``
+    zero-padded with columns for new classes; Zhuang et al., ACIL, NeurIPS 2022); dense targets narrower than
+    ``classes`` are zero-padded, wider ones grow the model.
+    ``declared`` (a declared class count) bounds both: ids ``>= declared`` and targets wider than it are refused.
     """
     if np.ndim(y) == 1:
-        ids = check_labels(y, name=name, n=n)
+        ids = check_labels(y, name=name, n=n, classes=declared)
         width = max(classes or 0, int(ids.max()) + 1)
         return jax.nn.one_hot(jnp.asarray(ids), width, dtype=dtype), width
-    t = check_targets(y, name=name, n=n).astype(dtype)
+    t = check_targets(y, name=name, n=n)
+    limit = MAX_UNDECLARED_CLASSES if declared is None else declared
+    if t.shape[1] > limit:
+        raise ValueError(
+            f"{name} has {t.shape[1]} target columns but "
+            + (f"only {declared} classes were declared" if declared is not None
+               else f"at most {MAX_UNDECLARED_CLASSES} are allowed without declaring classes=")
+        )
+    t = t.astype(dtype)
     width = max(classes or 0, t.shape[1])
     if t.shape[1] < width:
         t = jnp.pad(t, ((0, 0), (0, width - t.shape[1])))
@@ -128,3 +158,18 @@ def check_gamma(gamma: Any, name: str = "gamma") -> float:
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     return value
+
+
+def check_classes(classes: Any, name: str = "classes") -> int | None:
+    """A declared class count: ``None`` (grow from the labels) or an integer in ``[1, MAX_DECLARED_CLASSES]``.
+
+    Floats are refused even when integral (``2.5`` would otherwise truncate to 2), and so are strings and booleans.
+    """
+    if classes is None:
+        return None
+    if isinstance(classes, bool | np.bool_) or not isinstance(classes, int | np.integer):
+        raise TypeError(f"{name} must be an integer class count or None, got {type(classes).__name__} {classes!r}")
+    count = int(classes)
+    if not 1 <= count <= MAX_DECLARED_CLASSES:
+        raise ValueError(f"{name} must be between 1 and {MAX_DECLARED_CLASSES}, got {count}")
+    return count
