@@ -4,7 +4,9 @@ Nothing is downloaded. The formats are the public ones:
 
 - CIFAR-100 "python version" (``cifar-100-python/``): pickled dicts in files ``train`` and ``test`` with ``data``
   ``(n, 3072)`` uint8 (channel-major 3×32×32 rows) and ``fine_labels`` (plus ``coarse_labels``); the official
-  files were pickled by Python 2, so keys may be ``bytes`` and are read with ``encoding="bytes"``.
+  files were pickled by Python 2, so keys may be ``bytes`` and are read with ``encoding="bytes"``. They are read
+  with a restricted unpickler (:class:`CifarUnpickler`) that can only rebuild numpy arrays and dtypes, so a crafted
+  batch file cannot run code.
 - Image folders (ImageNet/``torchvision.datasets.ImageFolder`` layout): ``root/<class_name>/<image file>``, class
   ids given by sorted class-folder names.
 - Feature files: ``.npz`` with ``x_train``, ``y_train``, ``x_test``, ``y_test`` -- what a user writes after running
@@ -15,21 +17,58 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from continual.data.datasets import Split
 
-__all__ = ["load_cifar100", "list_image_folder", "load_image_folder", "load_feature_file", "save_feature_file"]
+__all__ = ["CifarUnpickler", "load_cifar100", "list_image_folder", "load_image_folder", "load_feature_file",
+           "save_feature_file"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _numpy_core() -> Any:
+    # numpy >= 2 moved numpy.core to numpy._core (the old name warns); old and new pickles name either one.
+    return getattr(np, "_core", None) or np.core
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR python batches: dicts of lists and numpy arrays, nothing else.
+
+    ``find_class`` resolves only the globals numpy arrays need (``numpy.ndarray``, ``numpy.dtype``, the array
+    reconstructors ``_reconstruct``/``_frombuffer`` under ``numpy.core`` or ``numpy._core``, and ``_codecs.encode``
+    which Python 3 protocol-2 pickles use for raw bytes); any other global (``os.system``, ``builtins.eval``, ...)
+    raises :class:`pickle.UnpicklingError` before anything is called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        core = _numpy_core()
+        allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+        for prefix in ("numpy.core", "numpy._core"):
+            allowed[(f"{prefix}.multiarray", "_reconstruct")] = core.multiarray._reconstruct
+            allowed[(f"{prefix}.numeric", "_frombuffer")] = core.numeric._frombuffer
+        import codecs
+
+        allowed[("_codecs", "encode")] = codecs.encode
+        found = allowed.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}: a CIFAR batch holds only "
+                                         "numpy arrays, lists and dicts")
+        return found
 
 
 def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-100 batch file not found: {path}")
-    with path.open("rb") as fh:
-        raw = pickle.load(fh, encoding="bytes")
+    try:
+        with path.open("rb") as fh:
+            raw = CifarUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable CIFAR-100 python batch: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a CIFAR-100 python batch: it holds a {type(raw).__name__}, not a dict")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
     if "data" not in batch or "fine_labels" not in batch:
         raise ValueError(f"{path} is not a CIFAR-100 python batch: keys {sorted(batch)} lack 'data'/'fine_labels'")
