@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["CheckpointError", "save_state", "load_state", "FORMAT_VERSION", "register_checkpoint_type",
-           "registered_checkpoint_types", "metadata_digest", "atomic_write_bytes", "atomic_write_text",
+           "registered_checkpoint_types", "metadata_digest", "check_like", "atomic_write_bytes", "atomic_write_text",
            "atomic_savez"]
 
 FORMAT_VERSION = 2
@@ -165,34 +165,37 @@ def _leaf_sha(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
-def _encode(tree: Any, leaves: list[np.ndarray]) -> Any:
-    """Structure spec of ``tree`` as JSON; array leaves are appended to ``leaves`` and referenced by index."""
+def _encode(tree: Any, leaves: list[np.ndarray], digests: bool = True) -> Any:
+    """Structure spec of ``tree`` as JSON; array leaves are appended to ``leaves`` and referenced by index.
+
+    ``digests=False`` leaves the per-leaf SHA-256 empty (specs used only to compare structure).
+    """
     if tree is None:
         return {"kind": "none"}
     if isinstance(tree, bool | int | float | str):
         return {"kind": "scalar", "value": tree}
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
         return {"kind": "namedtuple", "type": _name_of(type(tree)),
-                "fields": {f: _encode(getattr(tree, f), leaves) for f in tree._fields}}
+                "fields": {f: _encode(getattr(tree, f), leaves, digests) for f in tree._fields}}
     if isinstance(tree, tuple | list):
         return {"kind": type(tree).__name__ if type(tree) in (tuple, list) else _bad_leaf(tree),
-                "items": [_encode(t, leaves) for t in tree]}
+                "items": [_encode(t, leaves, digests) for t in tree]}
     if isinstance(tree, dict):
         if not all(isinstance(k, str) for k in tree):
             raise TypeError("save_state: dict keys must be strings")
-        return {"kind": "dict", "items": {k: _encode(v, leaves) for k, v in tree.items()}}
+        return {"kind": "dict", "items": {k: _encode(v, leaves, digests) for k, v in tree.items()}}
     if hasattr(tree, "tree_flatten") and hasattr(type(tree), "tree_unflatten"):
         name = _name_of(type(tree))
         children, aux = tree.tree_flatten()
         aux = json.loads(json.dumps(aux))  # only JSON-representable static data can be stored
-        return {"kind": "pytree", "type": name, "aux": aux, "children": _encode(tuple(children), leaves)}
+        return {"kind": "pytree", "type": name, "aux": aux, "children": _encode(tuple(children), leaves, digests)}
     if hasattr(tree, "shape") and hasattr(tree, "dtype"):
         arr = np.asarray(jax.device_get(tree))
         if arr.dtype.name not in _DTYPES:
             raise TypeError(f"save_state cannot store an array of dtype {arr.dtype}")
         leaves.append(arr)
         return {"kind": "array", "index": len(leaves) - 1, "shape": list(arr.shape), "dtype": arr.dtype.name,
-                "sha256": _leaf_sha(arr)}
+                "sha256": _leaf_sha(arr) if digests else ""}
     return _bad_leaf(tree)
 
 
@@ -347,7 +350,7 @@ def _read_unchecked(path: Path, like: Any) -> tuple[Any, dict[str, Any]]:
                               f"{type(err).__name__}: {err}") from err
     specs = _validate_meta(meta, digest, str(path))
     if like is not None:
-        _compare(_encode(like, []), meta["tree"], "state")
+        _compare(_encode(like, [], digests=False), meta["tree"], "state")
     abstract = {str(i): np.zeros(s["shape"], jnp.dtype(s["dtype"])) for i, s in specs.items()}
     abstract = abstract or {"_empty": np.zeros((0,), np.float32)}
     try:
@@ -381,6 +384,9 @@ def _compare(expected: dict[str, Any], stored: dict[str, Any], where: str) -> No
         if expected["type"] != stored["type"]:
             raise CheckpointError(f"{where}: expected type {expected['type']}, checkpoint has {stored['type']}")
         if kind == "pytree":
+            if expected["aux"] != stored["aux"]:
+                raise CheckpointError(f"{where}: expected static data {expected['aux']!r}, checkpoint has "
+                                      f"{stored['aux']!r}")
             _compare(expected["children"], stored["children"], f"{where}.children")
         else:
             _compare_items(expected["fields"], stored["fields"], where, ".{}")
@@ -392,6 +398,12 @@ def _compare(expected: dict[str, Any], stored: dict[str, Any], where: str) -> No
             _compare(e, s, f"{where}[{i}]")
     elif kind == "dict":
         _compare_items(expected["items"], stored["items"], where, "[{!r}]")
+
+
+def check_like(state: Any, like: Any, where: str = "state") -> None:
+    """Raise :class:`CheckpointError` (prefixed ``where``) unless ``state`` has the tree structure, registered types,
+    static data, shapes and dtypes of ``like``; values are not compared."""
+    _compare(_encode(like, [], digests=False), _encode(state, [], digests=False), where)
 
 
 def _compare_items(expected: dict[str, Any], stored: dict[str, Any], where: str, fmt: str) -> None:

@@ -132,9 +132,40 @@ class AnalyticLinear:
 
     @classmethod
     def load(cls, path: str | Path) -> AnalyticLinear:
+        """Restore an estimator written by :meth:`save`.
+
+        The stored ``gamma``/``solver``/``classes`` go through the constructor's validation and must agree with the
+        stored state (its type, the buffer's output width, the class count); any disagreement raises
+        :class:`~analytic.checkpoint.CheckpointError` naming the checkpoint.
+        """
+        from analytic.buffers import ACTIVATIONS
+        from analytic.checkpoint import CheckpointError
+
         tree, meta = load_state(path)
+        where = f"checkpoint {Path(path).absolute()}"
         if meta.get("estimator") != "AnalyticLinear":
-            raise ValueError(f"{path} holds a {meta.get('estimator')!r} checkpoint, not AnalyticLinear")
-        est = cls(meta["gamma"], tree["buffer"], meta["solver"], tree["state"][0].dtype, meta["classes"])
-        est.state_ = tree["state"]
+            raise ValueError(f"{where} holds a {meta.get('estimator')!r} checkpoint, not AnalyticLinear")
+        if set(meta) != {"estimator", "gamma", "solver", "classes"}:
+            raise CheckpointError(f"{where}: metadata keys {sorted(meta)} are not those AnalyticLinear.save writes")
+        if not isinstance(tree, dict) or set(tree) != {"state", "buffer"}:
+            raise CheckpointError(f"{where}: the stored tree is not {{'state', 'buffer'}}")
+        state, buffer = tree["state"], tree["buffer"]
+        kind = GramStats if meta["solver"] == "gram" else RLSState
+        if not isinstance(state, kind):
+            raise CheckpointError(f"{where}: solver {meta['solver']!r} but the state is a {type(state).__name__}")
+        if buffer is not None and not isinstance(buffer, RandomBuffer | GaussianKernelBuffer):
+            raise CheckpointError(f"{where}: the buffer is a {type(buffer).__name__}")
+        if isinstance(buffer, RandomBuffer) and buffer.activation not in ACTIVATIONS:
+            raise CheckpointError(f"{where}: unknown buffer activation {buffer.activation!r}")
+        width = (None if buffer is None else
+                 buffer.out_dim if isinstance(buffer, RandomBuffer) else buffer.centers.shape[0])
+        if width is not None and width != state.dim:
+            raise CheckpointError(f"{where}: the buffer gives {width} features but the state has dim {state.dim}")
+        try:
+            est = cls(meta["gamma"], buffer, meta["solver"], state[0].dtype, meta["classes"])
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: invalid stored estimator settings: {err}") from err
+        if est.classes is not None and est.classes < state.classes:
+            raise CheckpointError(f"{where}: classes={est.classes} but the state has {state.classes} class columns")
+        est.state_ = state
         return est

@@ -1,4 +1,4 @@
-"""Scikit-learn verbs over a functional continual learner (DESIGN.md, layer 2).
+"""Scikit-learn verbs over a functional continual learner.
 
 Each learner module defines pure ``init/update/predict`` functions over a NamedTuple state; its class subclasses
 :class:`ContinualClassifier`, which validates input at the boundary, calls those functions and replaces
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import jax
@@ -16,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import load_state, row_bucket, save_state
-from analytic.validation import check_features, check_labels
+from analytic.checkpoint import CheckpointError, check_like
+from analytic.validation import MAX_DECLARED_CLASSES, check_classes, check_features, check_labels
 
 
 def declared_classes(classes: int | Sequence[int] | np.ndarray | None, name: str = "classes") -> int | None:
@@ -24,11 +26,10 @@ def declared_classes(classes: int | Sequence[int] | np.ndarray | None, name: str
     if classes is None:
         return None
     if np.ndim(classes) == 0:
-        count = int(classes)
-        if count != classes or count <= 0:
-            raise ValueError(f"{name} must be a positive class count or a sequence of class ids, got {classes!r}")
-        return count
-    ids = check_labels(np.asarray(classes), name=name)
+        return check_classes(classes.item() if isinstance(classes, np.ndarray) else classes, name=name)
+    if isinstance(classes, str | bytes):
+        raise TypeError(f"{name} must be a class count or a sequence of class ids, got {classes!r}")
+    ids = check_labels(np.asarray(classes), name=name, classes=MAX_DECLARED_CLASSES)
     return int(ids.max()) + 1
 
 
@@ -160,7 +161,8 @@ class ContinualClassifier:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, path: str, overwrite: bool = False) -> None:
-        """Write the state and constructor arguments with :func:`analytic.save_state` (orbax, atomic)."""
+        """Write the state and constructor arguments with :func:`analytic.save_state` (digest-verified; an
+        overwrite leaves the old or the new checkpoint loadable whenever it is interrupted)."""
         self._require_fitted()
         metadata = {
             "learner": type(self).__name__,
@@ -171,13 +173,35 @@ class ContinualClassifier:
 
     @classmethod
     def load(cls, path: str) -> ContinualClassifier:
-        """Restore a learner written by :meth:`save`; continuing it equals never having stopped, bit for bit."""
+        """Restore a learner written by :meth:`save`; continuing it equals never having stopped, bit for bit.
+
+        The stored constructor arguments are passed through the constructor's validation, and the stored state must
+        have exactly the structure, types, shapes and dtypes of a fresh state built from them; otherwise
+        :class:`~analytic.checkpoint.CheckpointError` names the checkpoint and what differs.
+        """
         loaded, metadata = load_state(path)
+        where = f"checkpoint {Path(path).absolute()}"
         if metadata.get("learner") != cls.__name__:
-            raise ValueError(f"{path} holds a {metadata.get('learner')!r} checkpoint, not {cls.__name__}")
-        learner = cls(**metadata["params"])
+            raise ValueError(f"{where} holds a {metadata.get('learner')!r} checkpoint, not {cls.__name__}")
+        params, declared = metadata.get("params"), metadata.get("n_classes_declared")
+        if set(metadata) != {"learner", "params", "n_classes_declared"} or not isinstance(params, dict):
+            raise CheckpointError(f"{where}: metadata keys {sorted(metadata)} are not those {cls.__name__}.save writes")
+        if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared <= 0):
+            raise CheckpointError(f"{where}: n_classes_declared={declared!r} is not a positive integer or null")
+        try:
+            learner = cls(**params)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: invalid stored {cls.__name__} arguments: {err}") from err
+        try:
+            width, classes = int(cls._module.input_dim(loaded)), int(cls._module.num_classes(loaded))
+            fresh = learner._init_state(width, classes)
+        except Exception as err:  # noqa: BLE001 - a state of the wrong shape can fail anywhere in init
+            raise CheckpointError(f"{where}: the stored state does not fit {cls.__name__}({params}): {err}") from err
+        check_like(loaded, fresh, f"{where}: state")
+        if declared is not None and declared < classes:
+            raise CheckpointError(f"{where}: n_classes_declared={declared} but the state has {classes} class columns")
         learner.state = loaded
-        learner.n_classes_declared_ = metadata["n_classes_declared"]
+        learner.n_classes_declared_ = declared
         return learner
 
     def _require_fitted(self) -> None:
