@@ -5,7 +5,9 @@ Every message is a frozen dataclass of NumPy arrays and Python scalars with
 - ``kind``: a class-level tag naming the message type on the wire;
 - ``to_arrays()``: a flat ``dict`` of NumPy arrays and scalars (plus ``"kind"``), the transport form (Flower
   records, ``np.savez``, pickling-free sockets);
-- ``from_arrays(d)``: the inverse; raises ``ValueError`` naming a missing field or a wrong ``kind``;
+- ``from_arrays(d)``: the strict inverse; raises ``ValueError`` naming a missing or unknown field or a wrong
+  ``kind``, ``TypeError`` naming a field of the wrong type (object/string arrays, ``bool`` or ``1.0`` for an
+  ``int``, ...);
 - ``nbytes``: payload size in bytes (array bytes plus 8 bytes per scalar), used for communication accounting.
 
 Messages check only their structure. What a server must check before trusting a message (shapes agreeing across
@@ -40,6 +42,40 @@ def _scalar(value: Any) -> Any:
     return value
 
 
+def _short(value: Any) -> str:
+    """A bounded ``repr`` for error messages (a hostile value's ``repr`` may be huge or raise)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - replaced by the type name
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _decode_field(message: str, field: str, annotation: str, value: Any) -> Any:
+    """One transport value checked against its annotation; see :meth:`_Message.from_arrays`."""
+    where = f"{message}.from_arrays: field {field!r}"
+    if annotation in ("np.ndarray", "ndarray"):
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{where} must be a NumPy array, got {type(value).__name__}")
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{where} has dtype {value.dtype}; a numeric array is expected")
+        return np.asarray(value)
+    value = _scalar(value)
+    if annotation == "int":
+        if type(value) is not int:
+            raise TypeError(f"{where} must be an integer, got {type(value).__name__} {_short(value)}")
+        return value
+    if annotation == "float":
+        if type(value) not in (int, float):
+            raise TypeError(f"{where} must be a real number, got {type(value).__name__} {_short(value)}")
+        return float(value)
+    if annotation == "str":
+        if type(value) is not str:
+            raise TypeError(f"{where} must be a string, got {type(value).__name__} {_short(value)}")
+        return value
+    raise TypeError(f"{where}: unsupported annotation {annotation!r}")  # a message class defined wrongly
+
+
 @dataclasses.dataclass(frozen=True)
 class _Message:
     """Shared transport logic: fields annotated ``np.ndarray`` are arrays, every other field is a scalar."""
@@ -66,21 +102,39 @@ class _Message:
         return out
 
     @classmethod
+    def _field_types(cls) -> dict[str, str]:
+        """Field name -> annotation (``"np.ndarray"``, ``"int"``, ``"float"`` or ``"str"``)."""
+        return {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+                for f in dataclasses.fields(cls)}
+
+    @classmethod
     def from_arrays(cls: type[M], arrays: Mapping[str, Any]) -> M:
-        """Rebuild a message from :meth:`to_arrays` output; ``ValueError`` names a missing field or wrong kind."""
+        """Rebuild a message from :meth:`to_arrays` output, strictly.
+
+        Refused with ``ValueError`` naming the field: a wrong or missing ``kind``, a missing or unknown field.
+        Refused with ``TypeError``: an array field that is not a numeric (bool, integer, float) NumPy array -- in
+        particular object and string arrays, which would run arbitrary ``__eq__``/``__add__`` code on the server
+        --, an ``int`` field that is not an integer (``bool`` and ``1.0`` are refused), a ``float`` field that is
+        not a real number, a ``str`` field that is not a string. Scalars may arrive as 0-d arrays or NumPy
+        scalars (``np.savez``); they are returned as Python ``int``/``float``/``str``. Values (shapes, finiteness,
+        ranges) are the server's to check (:mod:`federated.validation`).
+        """
         if not isinstance(arrays, Mapping):
             raise TypeError(f"{cls.__name__}.from_arrays expects a mapping, got {type(arrays).__name__}")
+        name = cls.__name__
         kind = _scalar(arrays.get("kind", cls.kind))
-        if kind != cls.kind:
-            raise ValueError(f"{cls.__name__}.from_arrays: kind={kind!r}, expected {cls.kind!r}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
+        if not isinstance(kind, str) or kind != cls.kind:
+            raise ValueError(f"{name}.from_arrays: kind={_short(kind)}, expected {cls.kind!r}")
+        types = cls._field_types()
+        missing = [f for f in types if f not in arrays]
         if missing:
-            raise ValueError(f"{cls.__name__}.from_arrays: missing field(s) {missing}")
+            raise ValueError(f"{name}.from_arrays: missing field(s) {missing}")
+        extra = sorted(_short(k) for k in arrays if k != "kind" and k not in types)
+        if extra:
+            raise ValueError(f"{name}.from_arrays: unknown field(s) {extra}")
         values: dict[str, Any] = {}
-        for name in cls._array_fields():
-            values[name] = np.asarray(arrays[name])
-        for name in cls._scalar_fields():
-            values[name] = _scalar(arrays[name])
+        for field, annotation in types.items():
+            values[field] = _decode_field(name, field, annotation, arrays[field])
         return cls(**values)
 
     @property
@@ -199,10 +253,11 @@ MESSAGE_TYPES: dict[str, type[_Message]] = {
 
 
 def from_arrays(arrays: Mapping[str, Any]) -> _Message:
-    """Rebuild any message from its transport dict, dispatching on ``arrays["kind"]``."""
+    """Rebuild any message from its transport dict, dispatching on ``arrays["kind"]`` (strict: see
+    :meth:`_Message.from_arrays`)."""
     if not isinstance(arrays, Mapping) or "kind" not in arrays:
         raise ValueError("from_arrays: a transport dict with a 'kind' entry is required")
     kind = _scalar(arrays["kind"])
     if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
-        raise ValueError(f"from_arrays: unknown kind {kind!r}; known: {sorted(MESSAGE_TYPES)}")
+        raise ValueError(f"from_arrays: unknown kind {_short(kind)}; known: {sorted(MESSAGE_TYPES)}")
     return MESSAGE_TYPES[kind].from_arrays(arrays)

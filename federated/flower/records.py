@@ -3,8 +3,9 @@
 A message's ``to_arrays()`` dict is split into an ``ArrayRecord`` (its arrays, floating ones cast to the transport
 dtype, float32 by default as in the AFL authors' code) and a ``ConfigRecord`` (its scalars and ``kind``), both
 stored under the message's ``kind`` so one ``RecordDict`` can carry several messages (e.g. the DeepAFL setup and a
-broadcast). :func:`from_record` is the inverse and raises ``ValueError`` naming what is missing or malformed, so a
-server can drop a bad reply and keep the round going.
+broadcast). :func:`from_record` is the strict inverse (see ``federated.messages._Message.from_arrays``) and raises
+``ValueError``/``TypeError`` naming what is missing, extra or malformed, so a server can drop a bad reply and keep
+the round going.
 """
 
 from __future__ import annotations
@@ -56,11 +57,16 @@ def from_record(record: Any, kind: type[M]) -> M:
     arrays, scalars = record.get(tag), record.get(tag + _SCALARS)
     if not isinstance(arrays, ArrayRecord) or not isinstance(scalars, ConfigRecord):
         raise ValueError(f"the reply carries no {kind.__name__} (records present: {sorted(record.keys())})")
-    fields: dict[str, Any] = dict(scalars)
     try:
-        fields.update({name: array.numpy() for name, array in arrays.items()})
-    except Exception as err:  # noqa: BLE001 - a corrupt array is a malformed message, reported as such
-        raise ValueError(f"{kind.__name__}: an array could not be decoded ({err})") from err
+        fields: dict[str, Any] = dict(scalars)
+        decoded = {name: array.numpy() for name, array in arrays.items()}
+    except Exception as err:  # noqa: BLE001 - a corrupt record is a malformed message, reported as such
+        raise ValueError(f"{kind.__name__}: the record could not be decoded ({type(err).__name__}: {err})") from err
+    clash = sorted(set(fields) & set(decoded))
+    if clash:
+        raise ValueError(f"{kind.__name__}: field(s) {clash} sent both as an array and as a scalar")
+    fields.update(decoded)
+    # Strict: unknown fields, object/string arrays, bool or float ids... raise TypeError/ValueError naming the field.
     return kind.from_arrays(fields)
 
 

@@ -61,8 +61,8 @@ def run_round(
             continue
         try:
             decoded[node] = decode(reply.content)
-        except (TypeError, ValueError) as err:
-            failed[node] = f"malformed reply: {err}"
+        except Exception as err:  # noqa: BLE001 - no reply, however malformed, may crash the server app
+            failed[node] = f"malformed reply: {type(err).__name__}: {err}"
     missing = [n for n in nodes if n not in decoded and n not in failed]
     return RoundOutcome(decoded, failed, missing, time.monotonic() - start)
 
