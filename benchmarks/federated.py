@@ -82,7 +82,8 @@ def afl_cell(x, y, xte, yte, parts, gamma: float) -> dict[str, float]:
     for start in range(0, len(parts), 100):
         wave = [afl.client_stats(x[p], y[p], gamma, classes, client_id=start + i)
                 for i, p in enumerate(parts[start:start + 100])]
-        state = afl.aggregate(wave, state=state, global_gamma=gamma, psd="none").state
+        state = afl.aggregate(wave, dim=x.shape[1], classes=classes, state=state, global_gamma=gamma,
+                              psd="none").state
     w_ri = afl.server_solve(state, global_gamma=gamma)
     w_raw = afl.server_solve(state, remove_regularization=False)
     return {"AFL": accuracy(afl.predict(w_ri, xte), yte), "AFL (no RI)": accuracy(afl.predict(w_raw, xte), yte)}
@@ -143,7 +144,8 @@ def aggregation_speed(clients: int, dim: int, classes: int = 10, rows_per_client
     reps = 3
 
     def sum_form(validate: bool) -> jax.Array:
-        return afl.aggregate(uploads, global_gamma=1.0, validate=validate).weight.block_until_ready()
+        return afl.aggregate(uploads, dim=dim, classes=classes, global_gamma=1.0,
+                             validate=validate).weight.block_until_ready()
 
     def numpy_sum() -> np.ndarray:
         xtx = np.zeros((dim, dim))
@@ -161,7 +163,8 @@ def aggregation_speed(clients: int, dim: int, classes: int = 10, rows_per_client
     jax.block_until_ready(local)
     t_local = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pairwise = afl.aggregate_pairwise(uploads, global_gamma=1.0, validate=False, local_weights=local)
+    pairwise = afl.aggregate_pairwise(uploads, dim=dim, classes=classes, global_gamma=1.0, validate=False,
+                                      local_weights=local)
     pairwise.weight.block_until_ready()
     t_pair = time.perf_counter() - t0
     w_sum = np.asarray(sum_form(False))

@@ -15,8 +15,12 @@ Two server implementations:
 - :func:`aggregate_pairwise` -- the **literal** pairwise AA law above, one solve per client and per merge, kept
   for fidelity to the paper and as the speed baseline.
 
-Every upload is screened by :mod:`federated.validation`; rejected clients are reported, never merged.
-Authors' code (METHODS.md 2b): client Grams in float32 (``client_stats(..., dtype=np.float32)``), γ = 1.
+The server's shape comes from its own configuration -- ``server_init(dim, classes)`` or
+``aggregate(messages, dim=..., classes=...)`` -- never from an upload, so no client can set the dimension, class
+count or dtype the others are judged by. Every upload is screened by :mod:`federated.validation`; a rejected
+message is reported (one :class:`~federated.validation.Rejection` per message), never merged, and never aborts
+the round or displaces another client's valid upload. The server state changes only by merging accepted uploads.
+As in the authors' code, clients may send float32 Grams (``client_stats(..., dtype=np.float32)``) with γ = 1.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from analytic.solve import cholesky_ridge_solve
 from analytic.validation import check_features, check_gamma, check_labels
 from federated.comm import CommLog
 from federated.messages import AFLBroadcast, AFLUpload
-from federated.validation import screen
+from federated.validation import Rejection, screen
 
 __all__ = [
     "AFLServerState", "AFLResult", "client_stats", "server_init", "server_update", "server_solve", "aggregate",
@@ -46,19 +50,24 @@ __all__ = [
 
 @register_checkpoint_type
 class AFLServerState(NamedTuple):
-    """What the server keeps between waves: summed raw Grams, ``Σγₖ`` and the ids merged so far."""
+    """What the server keeps between waves: summed raw Grams, ``Σγₖ``, the ids merged so far, the exact total row
+    count (a Python ``int``: ``stats.count`` is the core's int32 counter and saturates) and the declared class
+    count (``None``: the target width grows to the widest accepted upload)."""
 
     stats: GramStats
     gamma_sum: float
-    clients: tuple[Any, ...]
+    clients: tuple[int | str, ...]
+    count: int = 0
+    declared_classes: int | None = None
 
 
 class AFLResult(NamedTuple):
-    """``weight (d, c)``; ``state`` to merge later waves into; ``excluded``: ``{client_id: reason}``."""
+    """``weight (d, c)``; ``state`` to merge later waves into; ``excluded``: one
+    :class:`~federated.validation.Rejection` ``(position, client_id, reason)`` per rejected message."""
 
     weight: jax.Array
     state: AFLServerState
-    excluded: dict[Any, str]
+    excluded: list[Rejection]
 
 
 def padded_rows(n: int) -> int:
@@ -74,6 +83,9 @@ def pad_client_data(
     :func:`padded_rows` rows (padding rows have zero features and zero targets). ``n = 0`` is allowed."""
     x = np.asarray(x) if not hasattr(x, "dtype") else x
     n = int(np.shape(x)[0]) if np.ndim(x) == 2 else -1
+    if n == 0 and np.size(y) != 0:
+        # check_labels refuses empty labels, so the n = 0 case is checked here: 0 rows need 0 labels.
+        raise ValueError(f"{name} y has {np.size(y)} labels but x has 0 rows")
     labels = check_labels(y, name=f"{name} y", classes=classes, n=n) if n > 0 else np.zeros(0, np.int64)
     rows = padded_rows(max(n, 0))
     padded = np.zeros((rows, *np.shape(x)[1:]), np.asarray(x).dtype) if n >= 0 else x
@@ -92,25 +104,50 @@ def client_stats(
     """The client stage: ``AFLUpload(XₖᵀXₖ, XₖᵀYₖ, nₖ, γ)`` for features ``x: (n, d)`` and labels ``y: (n,)``.
 
     ``dtype`` is the statistics' (and transport) dtype -- float64 by default under x64, ``np.float32`` as in the
-    authors' code. A client with no rows (possible under a skewed Dirichlet split) uploads zeros with count 0.
+    authors' code. A client with no rows (possible under a skewed Dirichlet split) uploads zeros with count 0;
+    labels must number as many as ``x``'s rows. ``ValueError`` naming ``x`` if finite features overflow the
+    statistics' dtype (e.g. an entry 1e200 in float64, 1e30 in float32: ``XᵀX`` would hold inf, and every server
+    would rightly reject the upload).
     """
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
-    features, targets, n = pad_client_data(x, y, classes, dt, name=f"client {client_id}")
+    name = f"client {client_id}"
+    features, targets, n = pad_client_data(x, y, classes, dt, name=name)
     cd = None if compute_dtype is None else resolve_dtype(compute_dtype)
     stats = gram_accumulate(gram_init(features.shape[1], classes, dt), features, targets, jnp.int32(n), cd)
-    return AFLUpload(int(client_id), np.asarray(stats.xtx), np.asarray(stats.xty), int(stats.count), gamma)
+    xtx, xty = np.asarray(stats.xtx), np.asarray(stats.xty)
+    if not (np.isfinite(xtx).all() and np.isfinite(xty).all()):
+        big = float(np.abs(np.asarray(x, np.float64)).max()) if n else 0.0
+        raise ValueError(f"{name} x: its statistics XᵀX/XᵀY overflow {np.dtype(dt)} (max |x| = {big:.3g}); "
+                         "rescale the features")
+    return AFLUpload(int(client_id), xtx, xty, n, gamma)
 
 
-def server_init(dim: int, classes: int, dtype: Any = None) -> AFLServerState:
-    """An empty server (accumulators in float64 under x64 whatever the clients' transport dtype)."""
-    return AFLServerState(gram_init(dim, classes, dtype), 0.0, ())
+def server_init(dim: int, classes: int | None = None, dtype: Any = None) -> AFLServerState:
+    """An empty server for ``dim`` features (accumulators in float64 under x64 whatever the clients' transport
+    dtype). With ``classes`` declared, an upload with more target columns is rejected and the accumulator is
+    ``classes`` wide; without, the width grows to the widest accepted upload."""
+    if isinstance(dim, (bool, np.bool_)) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"server_init: dim must be an integer >= 1, got {dim!r}")
+    if classes is not None and (isinstance(classes, (bool, np.bool_)) or not isinstance(classes, (int, np.integer))
+                                or classes < 1):
+        raise ValueError(f"server_init: classes must be an integer >= 1 or None, got {classes!r}")
+    declared = None if classes is None else int(classes)
+    return AFLServerState(gram_init(int(dim), declared or 0, dtype), 0.0, (), 0, declared)
 
 
-def _accept(state: AFLServerState, messages: Iterable[AFLUpload], validate: bool, **checks: Any):
+def _accept(state: AFLServerState, messages: Iterable[AFLUpload], validate: bool,
+            **checks: Any) -> tuple[list[AFLUpload], list[Rejection]]:
     if not validate:
-        return list(messages), {}
-    return screen(messages, kind=AFLUpload, dim=state.stats.dim, seen=state.clients, **checks)
+        return list(messages), []
+    if "dim" in checks or "kind" in checks or "layer" in checks:
+        raise TypeError("server_update: the dimension comes from the server state; pass psd/dtype/classes only")
+    classes = checks.pop("classes", None)
+    if classes is not None and state.declared_classes is not None and classes != state.declared_classes:
+        raise ValueError(f"server_update: classes={classes!r} but the server declared {state.declared_classes}")
+    if classes is None:
+        classes = state.declared_classes
+    return screen(messages, kind=AFLUpload, dim=state.stats.dim, classes=classes, seen=state.clients, **checks)
 
 
 def merge_uploads(stats: GramStats, uploads: Sequence[Any], gram: str = "xtx", cross: str = "xty") -> GramStats:
@@ -123,13 +160,18 @@ def merge_uploads(stats: GramStats, uploads: Sequence[Any], gram: str = "xtx", c
     # The sum runs in place on the host: one device transfer per wave instead of one per client.
     xtx = np.zeros((stats.dim, stats.dim), dt)
     xty = np.zeros((stats.dim, classes), dt)
-    count = 0
+    count = int(stats.count)
     for m in uploads:
         g, r = getattr(m, gram), getattr(m, cross)
         xtx += g  # (measured ~3x faster than np.add(..., out=...) for a float32 -> float64 accumulate)
         xty[:, : r.shape[1]] += r
-        count += m.count
-    return gram_merge(stats, GramStats(jnp.asarray(xtx), jnp.asarray(xty), jnp.asarray(count, jnp.int32)))
+        count += int(m.count)
+    # GramStats.count is the core's int32 counter: it saturates here rather than wrap (a count up to 2**62 is
+    # valid); the exact total lives in AFLServerState.count.
+    limit = int(np.iinfo(np.dtype(stats.count.dtype)).max)
+    merged = GramStats(jnp.asarray(xtx), jnp.asarray(xty), jnp.asarray(0, stats.count.dtype))
+    merged = gram_merge(stats._replace(count=jnp.asarray(0, stats.count.dtype)), merged)
+    return merged._replace(count=jnp.asarray(min(count, limit), stats.count.dtype))
 
 
 def server_update(
@@ -137,14 +179,19 @@ def server_update(
 ) -> tuple[AFLServerState, dict[Any, str]]:
     """Merge a wave of uploads (sum form of the AA law); returns ``(state, excluded)``.
 
-    ``checks`` go to :func:`federated.validation.check_upload` (``psd``, ``dtype``, ``classes``).
+    Screening uses the state's dimension and declared classes and the ids merged so far (a second upload for
+    an id is rejected); ``checks`` go to :func:`federated.validation.check_upload` (``psd``, ``dtype`` -- the
+    transport dtype --, ``classes`` if the state declared none). ``state`` is returned unchanged when nothing was
+    accepted. ``validate=False`` trusts the messages (benchmarks of the bare sum).
     """
     accepted, excluded = _accept(state, messages, validate, **checks)
     if not accepted:
         return state, excluded
     stats = merge_uploads(state.stats, accepted)
     gamma_sum = state.gamma_sum + float(sum(m.gamma for m in accepted))
-    return AFLServerState(stats, gamma_sum, state.clients + tuple(m.client_id for m in accepted)), excluded
+    count = state.count + sum(int(m.count) for m in accepted)
+    clients = state.clients + tuple(m.client_id for m in accepted)
+    return AFLServerState(stats, gamma_sum, clients, count, state.declared_classes), excluded
 
 
 def _solve(xtx: jax.Array, rhs: jax.Array, gamma: float) -> jax.Array:
@@ -164,29 +211,63 @@ def server_solve(state: AFLServerState, *, remove_regularization: bool = True, g
     """Global weight: with RI ``(XᵀX + γ_g I)⁻¹XᵀY``; without RI ``(XᵀX + ΣγₖI)⁻¹XᵀY`` (the raw AA law)."""
     if not state.clients:
         raise ValueError("no client statistics have been merged yet")
-    if global_gamma < 0 or not np.isfinite(global_gamma):
-        raise ValueError(f"global_gamma must be finite and >= 0, got {global_gamma!r}")
+    global_gamma = _nonnegative(global_gamma, "global_gamma")
     gamma = global_gamma if remove_regularization else state.gamma_sum
     return _solve(state.stats.xtx, state.stats.xty, gamma)
+
+
+def _nonnegative(value: Any, name: str) -> float:
+    """``value`` as a float, or ``ValueError`` naming ``name`` unless it is a finite real number ≥ 0."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}") from err
+    if isinstance(value, (bool, np.bool_)) or not np.isfinite(out) or out < 0:
+        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
+    return out
+
+
+def _initial_state(caller: str, state: AFLServerState | None, dim: int | None, classes: int | None,
+                   dtype: Any) -> AFLServerState:
+    """The server's configured state: ``state`` (then ``dim``/``classes`` must agree) or ``server_init``."""
+    if state is None:
+        if dim is None:
+            raise ValueError(f"{caller}: pass dim= (the feature dimension this server expects, and optionally "
+                             "classes=) or the state= of an earlier wave; the server never takes its shape from "
+                             "an upload, which any client could forge")
+        return server_init(dim, classes, dtype)
+    if dim is not None and dim != state.stats.dim:
+        raise ValueError(f"{caller}: dim={dim!r} but the state holds dim={state.stats.dim}")
+    if classes is not None and state.declared_classes is not None and classes != state.declared_classes:
+        raise ValueError(f"{caller}: classes={classes!r} but the state declared {state.declared_classes}")
+    return state
 
 
 def aggregate(
     messages: Iterable[AFLUpload],
     *,
+    dim: int | None = None,
+    classes: int | None = None,
     remove_regularization: bool = True,
     global_gamma: float = 0.0,
     state: AFLServerState | None = None,
     validate: bool = True,
     dtype: Any = None,
-    **checks: Any,
+    transport_dtype: Any = None,
+    psd: str = "cholesky",
 ) -> AFLResult:
-    """The AFL server, sum form: screen, merge (onto ``state`` for a later wave) and solve once."""
+    """The AFL server, sum form: screen, merge (onto ``state`` for a later wave) and solve once.
+
+    The server's shape is ``dim`` features and (if given) ``classes`` target columns -- or that of ``state``, and
+    then ``classes`` caps this wave's uploads if the state declared none; it is never read from an upload.
+    ``dtype`` is the accumulator dtype of a new state, ``transport_dtype`` pins the uploads' dtype (``None``:
+    float32 or float64), ``psd`` the PSD check of :mod:`federated.validation`.
+    """
     messages = list(messages)
-    if state is None:
-        first = next((m for m in messages if isinstance(m, AFLUpload) and np.ndim(m.xtx) == 2), None)
-        if first is None:
-            raise ValueError("aggregate: no AFLUpload with a 2-D Gram among the messages")
-        state = server_init(np.shape(first.xtx)[0], 0, dtype)
+    state = _initial_state("aggregate", state, dim, classes, dtype)
+    checks: dict[str, Any] = {"psd": psd, "dtype": transport_dtype}
+    if classes is not None and state.declared_classes is None:
+        checks["classes"] = classes
     state, excluded = server_update(state, messages, validate=validate, **checks)
     weight = server_solve(state, remove_regularization=remove_regularization, global_gamma=global_gamma)
     return AFLResult(weight, state, excluded)
@@ -195,7 +276,12 @@ def aggregate(
 def remove_regularization(
     weight: Any, regularized_gram: Any, gamma_total: float, global_gamma: float = 0.0
 ) -> jax.Array:
-    """RI, literally: ``W = (C_agg − KγI + γ_g I)⁻¹ C_agg W_agg`` for ``C_agg = XᵀX + KγI`` (``gamma_total = Kγ``)."""
+    """RI, literally: ``W = (C_agg − KγI + γ_g I)⁻¹ C_agg W_agg`` for ``C_agg = XᵀX + KγI`` (``gamma_total = Kγ``).
+
+    ``gamma_total`` and ``global_gamma`` must be finite and ≥ 0 (``ValueError`` naming the argument).
+    """
+    gamma_total = _nonnegative(gamma_total, "gamma_total")
+    global_gamma = _nonnegative(global_gamma, "global_gamma")
     c = jnp.asarray(regularized_gram)
     rhs = jnp.matmul(c, jnp.asarray(weight), precision=jax.lax.Precision.HIGHEST)
     return _solve(c - gamma_total * jnp.eye(c.shape[0], dtype=c.dtype), rhs, global_gamma)
@@ -207,6 +293,8 @@ _regularization_removal = remove_regularization  # aggregate_pairwise's keyword 
 def aggregate_pairwise(
     messages: Iterable[AFLUpload],
     *,
+    dim: int | None = None,
+    classes: int | None = None,
     remove_regularization: bool = True,
     global_gamma: float = 0.0,
     validate: bool = True,
@@ -218,28 +306,31 @@ def aggregate_pairwise(
 
     Each client's ``Wₖ = Cₖ⁻¹XₖᵀYₖ`` is solved here unless ``local_weights`` (one per message, as an AFL client
     would upload) are given. ``Cₖ`` is kept as ``(XₖᵀXₖ, γₖ)`` so every solve goes through ``ridge_solve``.
+    ``dim`` (required) and ``classes`` are the server's shape, as for :func:`aggregate`.
     """
     messages = list(messages)
+    if dim is None:
+        raise ValueError("aggregate_pairwise: pass dim= (the feature dimension this server expects); the server "
+                         "never takes its shape from an upload")
     if not messages:
         raise ValueError("aggregate_pairwise: no messages")
     dt = resolve_dtype(dtype)
     weights = dict(enumerate(local_weights)) if local_weights is not None else {}
-    indexed = list(enumerate(messages))
+    excluded: list[Rejection] = []
     if validate:
-        dim = np.shape(messages[0].xtx)[0] if isinstance(messages[0], AFLUpload) else None
-        ok, excluded = screen([m for _, m in indexed], kind=AFLUpload, dim=dim, **checks)
-        keep = {id(m) for m in ok}
-        indexed = [(i, m) for i, m in indexed if id(m) in keep]
+        ok, excluded = screen(messages, kind=AFLUpload, dim=dim, classes=classes, **checks)
+        rejected = {r.position for r in excluded}
+        indexed = list(zip([i for i in range(len(messages)) if i not in rejected], ok))
     else:
-        excluded = {}
+        indexed = list(enumerate(messages))
     if not indexed:
         raise ValueError(f"aggregate_pairwise: every message was rejected: {excluded}")
-    classes = max(m.xty.shape[1] for _, m in indexed)
+    width = max(m.xty.shape[1] for _, m in indexed) if classes is None else classes
     gram = w = None
     gamma_sum, count = 0.0, 0
     for i, m in indexed:
         g_k = jnp.asarray(m.xtx, dt)
-        xty_k = jnp.pad(jnp.asarray(m.xty, dt), ((0, 0), (0, classes - m.xty.shape[1])))
+        xty_k = jnp.pad(jnp.asarray(m.xty, dt), ((0, 0), (0, width - m.xty.shape[1])))
         w_k = jnp.asarray(weights[i], dt) if i in weights else ridge_solve(g_k, xty_k, m.gamma)
         if gram is None:
             gram, w, gamma_sum = g_k, w_k, m.gamma
@@ -251,8 +342,8 @@ def aggregate_pairwise(
         count += m.count
     c_agg = gram + gamma_sum * jnp.eye(gram.shape[0], dtype=dt)
     # C_agg W_agg = ΣXₖᵀYₖ: the state carries the same statistics as the sum form's.
-    stats = GramStats(gram, c_agg @ w, jnp.asarray(count, jnp.int32))
-    state = AFLServerState(stats, gamma_sum, tuple(m.client_id for _, m in indexed))
+    stats = GramStats(gram, c_agg @ w, jnp.asarray(min(count, int(np.iinfo(np.int32).max)), jnp.int32))
+    state = AFLServerState(stats, gamma_sum, tuple(m.client_id for _, m in indexed), count, classes)
     if remove_regularization:
         w = _regularization_removal(w, c_agg, gamma_sum, global_gamma)
     return AFLResult(w, state, excluded)

@@ -1,4 +1,4 @@
-"""DeepAFL: deep analytic federated learning with residual random blocks (Tang et al., 2026; METHODS.md §3).
+"""DeepAFL: deep analytic federated learning with residual random blocks (Tang et al., 2026).
 
 Shared by seed: an input layer ``Φ₀ = σ₀(XA + b)`` and ``T`` random blocks ``Fₜ = σ(ΦₜBₜ + cₜ)``
 (:class:`analytic.RandomBuffer`, biases on, PyTorch ``nn.Linear`` init as in the authors' code). For t = 0..T:
@@ -34,7 +34,7 @@ from analytic.validation import check_features, check_gamma, check_labels
 from federated import messages as msg
 from federated.afl import merge_uploads, pad_client_data
 from federated.comm import CommLog
-from federated.validation import screen
+from federated.validation import Rejection, ScreenResult, describe_id, normalize_client_id, screen
 
 __all__ = ["DeepAFLModel", "make_layers", "omega_solve", "forward", "fit_centralized", "DeepAFLClient",
            "DeepAFLServer", "run_federated", "DeepAFL"]
@@ -211,46 +211,98 @@ class DeepAFLClient:
 class DeepAFLServer:
     """The server: screens uploads, sums them (``merge_uploads``), solves ``Wₜ`` / ``Ωₜ``, logs bytes.
 
-    A client rejected in any round is left out of every later round (its statistics would otherwise be mixed
-    with a model it did not contribute to); ``excluded`` maps its id to the reason.
+    Its shapes (``d_Φ``, ``d_F``, classes) and the layer of each round come from the setup it broadcast, never
+    from an upload. The *participants* (``clients``) are the ids whose upload was merged in the first round;
+    each later round needs exactly one valid upload per participant, and a participant without one is dropped
+    for the rest of the run (its statistics would otherwise be mixed with a model it did not contribute to).
+    ``excluded`` maps each dropped id -- and each valid id all of whose first-round uploads were rejected -- to
+    the reason; ``rejected`` lists ``(round, Rejection)`` for every rejected message (keyed by position, so an
+    invalid message claiming a participant's id never drops the participant, as long as that participant's own
+    valid upload arrives: identity is not authenticated, the first valid upload per id is kept). A round either
+    succeeds or raises ``ValueError`` (no valid upload) leaving every attribute as it was.
     """
 
     def __init__(self, setup: msg.DeepAFLSetup, dtype: Any = None, psd: str = "cholesky") -> None:
         self.setup, self.dtype, self.psd = _check_setup(setup), resolve_dtype(dtype), psd
         self.layer, self.weights, self.omegas = 0, [], []
-        self.excluded: dict[Any, str] = {}
+        self.clients: tuple[int | str, ...] | None = None
+        self.excluded: dict[int | str, str] = {}
+        self.rejected: list[tuple[int, Rejection]] = []
+        self.last_screen: ScreenResult | None = None
         self.comm = CommLog()
 
-    def _screen(self, uploads: Sequence[Any], kind: type, dim: int) -> list[Any]:
-        fresh = [u for u in uploads if getattr(u, "client_id", None) not in self.excluded]
-        ok, bad = screen(fresh, kind=kind, dim=dim, classes=self.setup.classes, layer=self.layer, psd=self.psd)
-        self.excluded.update(bad)
-        ok = [u for u in ok if u.client_id not in self.excluded]
-        if not ok:
-            raise ValueError(f"layer {self.layer}: no valid upload; excluded clients: {self.excluded}")
-        return ok
+    def _screen(self, uploads: Sequence[Any], kind: type, dim: int):
+        """Screen one round without touching the server: ``(accepted, rejections, newly excluded)``."""
+        uploads = list(uploads)
+        ok, bad = screen(uploads, kind=kind, dim=dim, classes=self.setup.classes, layer=self.layer, psd=self.psd)
+        bad = list(bad)
+        rejected_at = {r.position for r in bad}
+        accepted = []
+        for position, upload in zip([i for i in range(len(uploads)) if i not in rejected_at], ok):
+            cid = upload.client_id
+            if cid in self.excluded or (self.clients is not None and cid not in self.clients):
+                why = "was excluded in an earlier round" if cid in self.excluded else "did not take part in round 1"
+                bad.append(Rejection(position, describe_id(cid), f"message {position} (client_id {cid!r}): client "
+                                     f"{cid!r} {why}, so its statistics cannot join layer {self.layer}"))
+            else:
+                accepted.append(upload)
+        bad.sort(key=lambda r: r.position)
+        merged = {u.client_id for u in accepted}
+        if self.clients is None:
+            # First round: a valid id that sent only rejected messages is out of the run from now on.
+            candidates = []
+            for r in bad:
+                try:
+                    candidates.append((normalize_client_id(uploads[r.position].client_id), r))
+                except Exception:  # noqa: BLE001 - an invalid id names nobody and excludes nobody
+                    continue
+        else:
+            candidates = [(cid, r) for cid in self.clients for r in bad if r.client_id == describe_id(cid)]
+            candidates += [(cid, None) for cid in self.clients if cid not in merged]
+        dropped: dict[int | str, str] = {}
+        for cid, r in candidates:
+            if cid in merged or cid in self.excluded:
+                continue
+            reason = r.reason if r is not None else f"client {cid!r}: no valid upload for layer {self.layer}"
+            dropped[cid] = reason if cid not in dropped else dropped[cid]
+        if not accepted:
+            reasons = [r.reason for r in bad] or ["no upload at all"]
+            raise ValueError(f"layer {self.layer}: no valid upload; rejected: {reasons}")
+        return accepted, bad, dropped
 
-    def _record(self, uploads: Sequence[Any], broadcast: Any) -> None:
-        self.comm.record_messages(uploads, broadcast, [u.client_id for u in uploads])
+    def _commit(self, accepted: list[Any], bad: list[Rejection], dropped: dict[int | str, str],
+                broadcast: Any) -> None:
+        """Apply a screened, solved round (the only place the round's screening result changes the server)."""
+        self.comm.record_messages(accepted, broadcast, [u.client_id for u in accepted])
+        self.rejected.extend((self.comm.rounds, r) for r in bad)
+        self.excluded.update(dropped)
+        self.clients = tuple(u.client_id for u in accepted)
+        self.last_screen = ScreenResult(accepted, bad)
 
     def classifier_round(self, uploads: Sequence[msg.DeepAFLClassifierUpload]) -> msg.DeepAFLClassifierBroadcast:
-        ok = self._screen(uploads, msg.DeepAFLClassifierUpload, self.setup.phi_dim)
+        """``Wₜ = (ΣΦₜᵀΦₜ + λI)⁻¹ΣΦₜᵀY`` over the accepted uploads; raises (state unchanged) if none is valid."""
+        if len(self.weights) != self.layer or self.layer > self.setup.layers:
+            raise ValueError(f"classifier round out of order: layer {self.layer}, {len(self.weights)} classifiers")
+        ok, bad, dropped = self._screen(uploads, msg.DeepAFLClassifierUpload, self.setup.phi_dim)
         stats = merge_uploads(gram_init(self.setup.phi_dim, self.setup.classes, self.dtype), ok, "phi_gram",
                               "phi_target")
         weight = ridge_solve(stats.xtx, stats.xty, self.setup.lam)
-        self.weights.append(weight)
         out = msg.DeepAFLClassifierBroadcast(self.layer, np.asarray(weight))
-        self._record(uploads, out)
+        self._commit(ok, bad, dropped, out)
+        self.weights.append(weight)
         return out
 
     def block_round(self, uploads: Sequence[msg.DeepAFLBlockUpload]) -> msg.DeepAFLBlockBroadcast:
-        ok = self._screen(uploads, msg.DeepAFLBlockUpload, self.setup.block_dim)
+        """``Ωₜ`` from ``ΣFₜᵀFₜ, ΣFₜᵀRₜ``, ``Wₜ`` (:func:`omega_solve`); raises (state unchanged) if none is valid."""
+        if len(self.weights) != self.layer + 1 or self.layer >= self.setup.layers:
+            raise ValueError(f"block round out of order: layer {self.layer}, {len(self.weights)} classifiers")
+        ok, bad, dropped = self._screen(uploads, msg.DeepAFLBlockUpload, self.setup.block_dim)
         stats = merge_uploads(gram_init(self.setup.block_dim, self.setup.classes, self.dtype), ok, "block_gram",
                               "block_residual")
         omega = omega_solve(stats.xtx, stats.xty, self.weights[self.layer], self.setup.gamma)
-        self.omegas.append(omega)
         out = msg.DeepAFLBlockBroadcast(self.layer, np.asarray(omega))
-        self._record(uploads, out)
+        self._commit(ok, bad, dropped, out)
+        self.omegas.append(omega)
         self.layer += 1
         return out
 
@@ -274,7 +326,7 @@ def run_federated(
     send = transport or (lambda m: m)
 
     def active() -> list[DeepAFLClient]:
-        return [c for c in clients if c.client_id not in server.excluded]
+        return [c for c in clients if server.clients is None or c.client_id in server.clients]
 
     for t in range(server.setup.layers + 1):
         weight = send(server.classifier_round([send(c.classifier_upload()) for c in active()]))
@@ -287,7 +339,7 @@ def run_federated(
 
 
 class DeepAFL:
-    """Scikit-learn style DeepAFL. Hyper-parameters as in METHODS.md §3 (authors' defaults).
+    """Scikit-learn style DeepAFL. Hyper-parameters default to the authors' settings (module docstring).
 
     ``fit(x, y)`` trains on pooled data; ``fit_federated([(x₁, y₁), ...])`` runs the message protocol over the
     clients (``excluded_``, ``comm_`` report rejected clients and bytes). Both give the same model for the same
@@ -325,6 +377,7 @@ class DeepAFL:
         server = DeepAFLServer(setup, self.dtype)
         self.model_ = run_federated(clients, server, transport, self.init)
         self.classes_, self.excluded_, self.comm_ = classes, dict(server.excluded), server.comm.summary()
+        self.rejected_ = list(server.rejected)
         return self
 
     @property

@@ -1,24 +1,40 @@
-"""Server-side checks of client uploads: reject a malformed message, name its sender, keep the others.
+"""Server-side checks of client uploads: reject a malformed message, name it, keep the others.
 
 A federated server sums whatever it is sent, so one corrupt Gram (NaN, wrong shape, integer dtype, asymmetric or
-indefinite -- none of which ``XᵀX`` of real features can be) would silently poison the global model. Every
-upload is screened before it is merged:
+indefinite -- none of which ``XᵀX`` of real features can be) would silently poison the global model, and one
+message that makes the server raise would abort the round for everybody. Every upload is screened before it is
+merged (the sum form of the absolute aggregation law of AFL, Zhuang et al. 2024, and DeepAFL's per-layer sums):
 
-- the message type, ``client_id`` (integer, not seen before in this aggregation), ``count`` (integer ≥ 0),
-  ``gamma`` (finite, ≥ 0) where present;
-- each array: a floating dtype (``float32``/``float64``), the expected shape, only finite entries;
+- the message: exactly the expected message class (a subclass could change its fields between check and merge);
+- ``client_id``: a Python ``int`` (a NumPy integer scalar is normalized to ``int``) in the int64 range, or a
+  ``str``. ``bool`` (``True == 1``), ``float`` (``1.0 == 1``), 0-d arrays, lists and anything else are refused:
+  they would alias a valid id in a ``dict``/``set`` or cannot be hashed at all;
+- ``count``: an integer in ``[0, 2**62]`` (the server sums counts as Python ``int``, so any such count is exact);
+  ``gamma`` (AFL): a real number, finite, ≥ 0; ``layer`` (DeepAFL): the integer layer of this round;
+- each array: a ``float32``/``float64`` NumPy array of the expected shape -- the dimension and class count come
+  from the *server's* configuration, never from another upload -- with only finite entries of magnitude at most
+  ``finfo(float64).max / 2**32`` (so that a sum of up to ``2**32`` accepted uploads cannot overflow);
 - each Gram ``G``: symmetric (``max|G − Gᵀ| ≤ tol·max|G|``) and positive semi-definite. PSD is checked cheaply: a
   non-negative diagonal, then a Cholesky factorization of ``G + tol·tr(G)·I`` (``d³/3`` flops, about a tenth of
   ``eigvalsh``); it fails exactly when ``λ_min(G) < −tol·tr(G)`` up to rounding. ``psd="eigvalsh"`` checks
   ``λ_min ≥ −tol·tr(G)`` literally; ``psd="none"`` skips it.
 
-:func:`screen` runs the checks over a batch of messages and returns the accepted ones plus
-``{client_id: reason}`` for the excluded ones (each reason is the ``ValueError``/``TypeError`` text, which names
-the client); a :class:`RejectedUploadWarning` is emitted for each.
+:func:`screen` runs the checks over a batch of messages and returns the accepted ones (normalized copies: plain
+``int`` id, count and layer, ``float`` gamma, ``np.ndarray`` arrays; the array data is not copied) plus one
+:class:`Rejection` per excluded message, in input order. A rejection is keyed by the message's *position* in the
+batch, not by the id it claims, so an invalid message claiming an honest client's id can never displace or
+exclude that client. Screening never raises for a message's fault: any exception a malformed object provokes
+(``None``, objects without attributes, unhashable ids, object arrays, overflowing numbers) becomes a rejection.
+
+Identity is not authenticated: the server keeps the *first valid* upload per id, and a later upload with the same
+id (in this batch, or an id in ``seen`` from earlier waves) is rejected without affecting the first. A valid-looking
+upload sent first under someone else's id is therefore kept; authenticating clients is the transport's job.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple
@@ -27,7 +43,8 @@ import numpy as np
 
 from federated.messages import AFLUpload, DeepAFLBlockUpload, DeepAFLClassifierUpload
 
-__all__ = ["RejectedUploadWarning", "ScreenResult", "check_upload", "screen", "tolerance"]
+__all__ = ["MAX_COUNT", "MAX_ENTRY", "RejectedUploadWarning", "Rejection", "ScreenResult", "check_upload",
+           "describe_id", "normalize_client_id", "screen", "tolerance"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # (gram field, cross-moment field) of each upload type.
@@ -36,15 +53,31 @@ _FIELDS: dict[type, tuple[str, str]] = {
     DeepAFLClassifierUpload: ("phi_gram", "phi_target"),
     DeepAFLBlockUpload: ("block_gram", "block_residual"),
 }
+MAX_COUNT = 2**62
+# 2**32 uploads at this magnitude still sum to a finite float64.
+MAX_ENTRY = float(np.finfo(np.float64).max) / 2.0**32
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 class RejectedUploadWarning(UserWarning):
     """A client upload failed validation and was left out of the aggregation."""
 
 
+class Rejection(NamedTuple):
+    """One excluded message: its ``position`` in the screened batch, the ``client_id`` it claimed (a bounded
+    ``repr``, or ``"<none>"``) and the ``reason`` (the check's error text, which names the claimed id)."""
+
+    position: int
+    client_id: str
+    reason: str
+
+
 class ScreenResult(NamedTuple):
+    """``accepted``: normalized copies of the messages that passed, in input order; ``excluded``: one
+    :class:`Rejection` per other message, in input order."""
+
     accepted: list[Any]
-    excluded: dict[Any, str]
+    excluded: list[Rejection]
 
 
 def tolerance(dtype: Any, dim: int) -> float:
@@ -52,14 +85,71 @@ def tolerance(dtype: Any, dim: int) -> float:
     return 100.0 * max(dim, 1) * float(np.finfo(dtype).eps)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+def describe_id(cid: Any) -> str:
+    """A short, never-raising ``repr`` of a claimed id (``repr`` of a hostile object may raise or be huge)."""
+    try:
+        text = repr(cid)
+    except Exception:  # noqa: BLE001 - any failure of a foreign __repr__ is replaced by the type name
+        text = f"<unprintable {type(cid).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def normalize_client_id(cid: Any) -> int | str:
+    """``cid`` as a plain ``int`` or ``str``; ``TypeError`` for anything else (see the module docstring).
+
+    Exact types are required (``type(cid) is int``, or a NumPy integer scalar, or ``str``/``np.str_``): a
+    subclass could redefine ``__eq__``/``__hash__`` and alias another client's id.
+    """
+    if type(cid) is int or isinstance(cid, np.integer):
+        value = int(cid)
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ValueError(f"client_id {describe_id(cid)} is outside the int64 range")
+        return value
+    if type(cid) is str or type(cid) is np.str_:
+        return str(cid)
+    raise TypeError(f"client_id must be an int or a str, got {type(cid).__name__} {describe_id(cid)}")
+
+
+def _error_text(err: BaseException) -> str:
+    """The error's message (prefixed by its type unless a ``TypeError``/``ValueError`` of the checks); never raises."""
+    try:
+        text = str(err)
+    except Exception:  # noqa: BLE001 - an exception raised by a hostile object may have a hostile __str__
+        text = "<unprintable error>"
+    text = text if len(text) <= 500 else text[:497] + "..."
+    return text if type(err) in (TypeError, ValueError) else f"{type(err).__name__}: {text}"
+
+
+def _integer(who: str, name: str, value: Any, low: int, high: int) -> int:
+    if not (type(value) is int or isinstance(value, np.integer)):
+        raise TypeError(f"{who}: {name} must be an integer, got {type(value).__name__} {describe_id(value)}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{who}: {name} must be an integer in [{low}, {high}], got {describe_id(value)}")
+    return value
+
+
+def _real(who: str, name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{who}: {name} must be a real number, got {type(value).__name__}")
+    try:
+        out = float(value)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out) or out < 0:
+        raise ValueError(f"{who}: {name} must be finite and >= 0, got {describe_id(value)}")
+    return out
 
 
 def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dtype: Any) -> np.ndarray:
-    if not isinstance(a, np.ndarray) and not hasattr(a, "__array__"):
-        raise TypeError(f"{who}: {name} must be an array, got {type(a).__name__}")
-    a = np.asarray(a)
+    if not isinstance(a, np.ndarray):
+        # Only NumPy arrays (and array-likes such as jax.Array with an __array__) -- never lists or strings.
+        if not hasattr(a, "__array__") or isinstance(a, (str, bytes)):
+            raise TypeError(f"{who}: {name} must be an array, got {type(a).__name__}")
+        a = np.asarray(a)
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{who}: {name} could not be read as an array")
+    a = np.asarray(a)  # drops ndarray subclasses (np.matrix, masked arrays): their operators differ
     if a.dtype not in _FLOATS:
         raise TypeError(f"{who}: {name} has dtype {a.dtype}; float32 or float64 expected")
     if dtype is not None and a.dtype != np.dtype(dtype):
@@ -67,8 +157,11 @@ def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dty
     if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{who}: {name} has shape {a.shape}, expected {want}")
-    if not np.isfinite(a).all():
-        raise ValueError(f"{who}: {name} has {int(a.size - np.isfinite(a).sum())} NaN/inf entries")
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise ValueError(f"{who}: {name} has {int(a.size - finite.sum())} NaN/inf entries")
+    if a.size and float(np.abs(a).max()) > MAX_ENTRY:
+        raise ValueError(f"{who}: {name} has entries above {MAX_ENTRY:.3g} in magnitude (a sum would overflow)")
     return a
 
 
@@ -104,6 +197,18 @@ def _check_gram(who: str, name: str, g: np.ndarray, psd: str) -> None:
         raise ValueError(f"psd must be 'cholesky', 'eigvalsh' or 'none', got {psd!r}")
 
 
+def _check_settings(kind: Any, dim: Any, classes: Any, layer: Any, psd: Any) -> None:
+    """The server's own settings: a wrong one is the caller's bug and raises (it is not a client's fault)."""
+    if kind not in _FIELDS:
+        raise TypeError(f"kind must be one of {[k.__name__ for k in _FIELDS]}, got {kind!r}")
+    for name, value, low in (("dim", dim, 1), ("classes", classes, 0), ("layer", layer, 0)):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+                                  or value < low):
+            raise ValueError(f"the server's {name} must be an integer >= {low} or None, got {value!r}")
+    if psd not in ("cholesky", "eigvalsh", "none"):
+        raise ValueError(f"psd must be 'cholesky', 'eigvalsh' or 'none', got {psd!r}")
+
+
 def check_upload(
     message: Any,
     *,
@@ -114,61 +219,72 @@ def check_upload(
     dtype: Any = None,
     psd: str = "cholesky",
 ) -> Any:
-    """Validate one upload of type ``kind``; return it, or raise ``TypeError``/``ValueError`` naming the client.
+    """Validate one upload of type ``kind``; return its normalized copy, or raise ``TypeError``/``ValueError``
+    naming the claimed client.
 
-    ``dim`` is the expected Gram size; ``classes`` the largest allowed number of target columns (fewer columns
+    ``dim`` is the expected Gram size (``None`` accepts any square Gram -- only for checking a lone message; a
+    server passes its configured size); ``classes`` the largest allowed number of target columns (fewer columns
     are zero-padded by the merge); ``layer`` the DeepAFL layer index this round expects; ``dtype`` pins the
-    transport dtype (``None``: float32 or float64).
+    transport dtype (``None``: float32 or float64). A malformed object may also raise other exceptions here;
+    :func:`screen` turns every one of them into a rejection.
     """
-    if kind not in _FIELDS:
-        raise TypeError(f"kind must be one of {[k.__name__ for k in _FIELDS]}, got {kind!r}")
-    cid = getattr(message, "client_id", "?")
+    _check_settings(kind, dim, classes, layer, psd)
+    if type(message) is not kind:
+        raise TypeError(f"expected a {kind.__name__}, got {type(message).__name__}")
+    cid = normalize_client_id(message.client_id)
     who = f"client {cid!r}"
-    if not isinstance(message, kind):
-        raise TypeError(f"{who}: expected a {kind.__name__}, got {type(message).__name__}")
-    if not _is_int(message.client_id):
-        raise TypeError(f"{who}: client_id must be an integer")
-    if not _is_int(message.count) or message.count < 0:
-        raise ValueError(f"{who}: count must be an integer >= 0, got {message.count!r}")
-    if hasattr(message, "gamma"):
-        gamma = message.gamma
-        if not isinstance(gamma, (int, float, np.floating, np.integer)) or not np.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"{who}: gamma must be finite and >= 0, got {gamma!r}")
-    if layer is not None and getattr(message, "layer", layer) != layer:
-        raise ValueError(f"{who}: message is for layer {message.layer}, this round is layer {layer}")
+    count = _integer(who, "count", message.count, 0, MAX_COUNT)
+    fields: dict[str, Any] = {"client_id": cid, "count": count}
+    if kind is AFLUpload:
+        fields["gamma"] = _real(who, "gamma", message.gamma)
+    else:
+        fields["layer"] = _integer(who, "layer", message.layer, 0, _INT64[1])
+        if layer is not None and fields["layer"] != layer:
+            raise ValueError(f"{who}: message is for layer {fields['layer']}, this round is layer {layer}")
     gram_name, cross_name = _FIELDS[kind]
     gram = _check_array(who, gram_name, getattr(message, gram_name), (dim, dim), dtype)
-    if gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"{who}: {gram_name} must be square, got shape {gram.shape}")
+    if gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
+        raise ValueError(f"{who}: {gram_name} must be square and non-empty, got shape {gram.shape}")
     cross = _check_array(who, cross_name, getattr(message, cross_name), (gram.shape[0], None), dtype)
     if classes is not None and cross.shape[1] > classes:
         raise ValueError(f"{who}: {cross_name} has {cross.shape[1]} columns, more than the {classes} classes")
-    if message.count == 0 and (np.any(gram) or np.any(cross)):
+    if count == 0 and (np.any(gram) or np.any(cross)):
         raise ValueError(f"{who}: count is 0 but the statistics are non-zero")
     _check_gram(who, gram_name, gram, psd)
-    return message
+    fields[gram_name], fields[cross_name] = gram, cross
+    return dataclasses.replace(message, **fields)
 
 
-def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), **checks: Any) -> ScreenResult:
-    """Split ``messages`` into accepted ones and ``{client_id: reason}``; see :func:`check_upload` for ``checks``.
+def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = True, **checks: Any) -> ScreenResult:
+    """Split ``messages`` into accepted (normalized) ones and :class:`Rejection` records; ``checks`` go to
+    :func:`check_upload` (``kind`` is required).
 
-    A client id already in ``seen`` (an earlier wave) or repeated within ``messages`` is excluded: its rows
-    would otherwise be counted twice.
+    A client id already in ``seen`` (an earlier wave) or accepted earlier in ``messages`` is rejected: its rows
+    would otherwise be counted twice. The first valid upload per id wins; rejected messages never reserve an id.
+    Raises only for a wrong server setting in ``checks`` (checked before any message), never for a message.
     """
-    seen_ids = set(seen)
+    _check_settings(checks.get("kind"), checks.get("dim"), checks.get("classes"), checks.get("layer"),
+                    checks.get("psd", "cholesky"))
+    seen_ids = {normalize_client_id(c) for c in seen}
     accepted: list[Any] = []
-    excluded: dict[Any, str] = {}
-    for message in messages:
-        cid = getattr(message, "client_id", None)
+    excluded: list[Rejection] = []
+    for position, message in enumerate(messages):
         try:
-            check_upload(message, **checks)
-            if cid in seen_ids:
-                raise ValueError(f"client {cid!r}: a second upload in this aggregation (its rows would count twice)")
-        except (TypeError, ValueError) as err:
-            key = cid if cid is not None and cid not in excluded else f"{cid}#{len(excluded)}"
-            excluded[key] = str(err)
-            warnings.warn(f"rejected upload: {err}", RejectedUploadWarning, stacklevel=2)
+            clean = check_upload(message, **checks)
+            if clean.client_id in seen_ids:
+                raise ValueError(f"client {clean.client_id!r}: a second upload in this aggregation (its rows would "
+                                 "count twice); the first valid one is kept")
+        except Exception as err:  # noqa: BLE001 - whatever a malformed message provokes must not abort the round
+            try:
+                claimed = describe_id(message.client_id)
+            except Exception:  # noqa: BLE001 - no (readable) client_id attribute at all
+                claimed = "<none>"
+            text = _error_text(err)
+            reason = f"message {position} (claimed client_id {claimed}): {text}"
+            excluded.append(Rejection(position, claimed, reason))
+            if warn:
+                warnings.warn(f"rejected upload: {reason}", RejectedUploadWarning, stacklevel=2)
             continue
-        seen_ids.add(cid)
-        accepted.append(message)
+        seen_ids.add(clean.client_id)
+        accepted.append(clean)
     return ScreenResult(accepted, excluded)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from federated import afl, deepafl
 from federated import messages as msg
 from federated.flower import records, task
 from federated.flower.rounds import RoundOutcome, run_round, wait_for_nodes
+from federated.validation import Rejection
 
 app = ServerApp()
 
@@ -84,7 +85,10 @@ def _hello(grid: Grid, config: Mapping[str, Any], nodes: list[int]) -> tuple[dic
         info = rd.get("hello")
         if not isinstance(info, ConfigRecord) or "client_id" not in info:
             raise ValueError("hello reply carries no client_id")
-        return int(info["client_id"])
+        cid = info["client_id"]
+        if type(cid) is not int or cid < 0:  # bool, float and str would alias or mis-sort partition ids
+            raise ValueError(f"hello reply carries client_id {cid!r}; a partition id (int >= 0) is expected")
+        return cid
 
     content = records.to_record(config=_client_config(config, round=0))
     outcome = run_round(grid, nodes, "query.hello", content, decode, "hello", float(config["connect-timeout"]))
@@ -100,18 +104,27 @@ def _client_config(config: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
     return {**{key: config[key] for key in task.CLIENT_KEYS}, **extra}
 
 
-def _log(kind: str, number: int, outcome: RoundOutcome, excluded: Mapping[Any, str],
+def _log(kind: str, number: int, outcome: RoundOutcome, excluded: Sequence[Rejection],
          partition_of: Mapping[int, int]) -> dict[str, Any]:
+    """One round's report. ``excluded`` holds the screening rejections of ``list(outcome.decoded.values())``;
+    each is reported under its *node* (unique), not under the id it claimed (which a faulty node may forge)."""
     def name(node: int) -> str:
         return f"partition {partition_of[node]}" if node in partition_of else f"node {node}"
 
+    nodes = list(outcome.decoded)
     return {
         "round": number, "type": kind, "seconds": round(outcome.seconds, 3),
         "answered": sorted(getattr(m, "client_id", -1) for m in outcome.decoded.values()),
         "failed": {name(node): reason for node, reason in outcome.failed.items()},
-        "rejected": {str(cid): reason for cid, reason in excluded.items()},
+        "rejected": {name(nodes[r.position]): r.reason for r in excluded},
         "missing": [name(node) for node in outcome.missing],
     }
+
+
+def _accepted_nodes(outcome: RoundOutcome, excluded: Sequence[Rejection]) -> list[int]:
+    """The nodes whose decoded reply passed screening (rejections are keyed by position in the decoded replies)."""
+    rejected = {r.position for r in excluded}
+    return [node for i, node in enumerate(outcome.decoded) if i not in rejected]
 
 
 def _accuracy(scores: Any, labels: np.ndarray) -> float:
@@ -133,12 +146,12 @@ def _run_afl(grid: Grid, config: Mapping[str, Any], split: task.Split, nodes: li
         content = records.to_record(config=_client_config(config, round=wave))
         outcome = run_round(grid, ask, "train.afl", content, lambda rd: records.from_record(rd, msg.AFLUpload),
                             f"afl-wave-{wave}", float(config["round-timeout"]))
-        partition_of.update({node: m.client_id for node, m in outcome.decoded.items()})
-        state, excluded = afl.server_update(state, outcome.decoded.values(), classes=split.classes, dtype=dtype)
-        for node, upload in outcome.decoded.items():
-            if upload.client_id in state.clients and upload.client_id not in node_of:
-                node_of[upload.client_id] = node
-                uploads.append(upload)
+        state, excluded = afl.server_update(state, list(outcome.decoded.values()), dtype=dtype)
+        # Only a node whose upload was merged is known by its partition id: a rejected reply may claim any id.
+        for node in _accepted_nodes(outcome, excluded):
+            upload = outcome.decoded[node]
+            partition_of[node], node_of[upload.client_id] = upload.client_id, node
+            uploads.append(upload)
         rounds.append(_log("afl", wave, outcome, excluded, partition_of))
         rounds[-1]["merged_so_far"] = sorted(state.clients)
         if state.clients:  # the model as of this wave (the AA law makes later waves exact refinements)
@@ -146,10 +159,10 @@ def _run_afl(grid: Grid, config: Mapping[str, Any], split: task.Split, nodes: li
         if len(state.clients) >= int(config["num-partitions"]):
             break
     weight = _afl_solve(state, config)
-    report = {"rounds": rounds, "merged_partitions": sorted(state.clients), "count": int(state.stats.count),
+    report = {"rounds": rounds, "merged_partitions": sorted(state.clients), "count": state.count,
               "test_accuracy": _accuracy(split.x_test @ np.asarray(weight), split.y_test),
               "communication": afl.communication(uploads, weight)}
-    report["client_accuracy"] = _afl_evaluate(grid, config, weight, int(state.stats.count), node_of)
+    report["client_accuracy"] = _afl_evaluate(grid, config, weight, state.count, node_of)
     return report, {"weight": np.asarray(weight), **arrays}
 
 
@@ -198,12 +211,12 @@ def _run_deepafl(grid: Grid, config: Mapping[str, Any], split: task.Split, nodes
                                     config=_client_config(config, round=number, layer=layer))
         outcome = run_round(grid, active, message_type, content, lambda rd: records.from_record(rd, upload_type),
                             f"deepafl-{number}", float(config["round-timeout"]))
-        partition_of.update({node: m.client_id for node, m in outcome.decoded.items()})
-        before = dict(server.excluded)
         result = (server.classifier_round if upload_type is msg.DeepAFLClassifierUpload else server.block_round)(
             list(outcome.decoded.values()))
-        rejected = {cid: why for cid, why in server.excluded.items() if cid not in before}
-        active = [n for n in outcome.decoded if outcome.decoded[n].client_id not in server.excluded]
+        rejected = server.last_screen.excluded
+        # The next round goes to the nodes whose upload was merged, each known by the id it was merged under.
+        active = _accepted_nodes(outcome, rejected)
+        partition_of.update({node: outcome.decoded[node].client_id for node in active})
         rounds.append(_log(kind, number, outcome, rejected, partition_of))
         return result
 

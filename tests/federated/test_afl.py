@@ -62,9 +62,9 @@ def test_afl_with_ri_equals_pooled_least_squares_for_any_partition_and_client_co
     x, y, reference = data
     for clients in (1, 10, 100, 1000):
         parts = PARTITIONS[scheme](y, clients)
-        result = afl.aggregate(numpy_uploads(x, y, parts))
-        assert result.excluded == {}
-        assert int(result.state.stats.count) == N
+        result = afl.aggregate(numpy_uploads(x, y, parts), dim=D, classes=C)
+        assert result.excluded == []
+        assert int(result.state.stats.count) == N and result.state.count == N
         assert rel(result.weight, reference) < 1e-8, (scheme, clients)
 
 
@@ -72,8 +72,8 @@ def test_sum_form_equals_literal_pairwise_law_with_and_without_ri(data):
     x, y, _ = data
     messages = uploads(x, y, partition.dirichlet(y, 30, 0.1, seed=2))
     for ri in (True, False):
-        fast = afl.aggregate(messages, remove_regularization=ri)
-        literal = afl.aggregate_pairwise(messages, remove_regularization=ri)
+        fast = afl.aggregate(messages, dim=D, classes=C, remove_regularization=ri)
+        literal = afl.aggregate_pairwise(messages, dim=D, classes=C, remove_regularization=ri)
         assert rel(literal.weight, fast.weight) < 1e-10, ri
     # The pairwise state carries the same statistics (C_agg W_agg = ΣXᵀY).
     assert rel(literal.state.stats.xty, fast.state.stats.xty) < 1e-10
@@ -82,7 +82,7 @@ def test_sum_form_equals_literal_pairwise_law_with_and_without_ri(data):
 
 def test_without_ri_the_error_grows_with_the_number_of_clients(data):
     x, y, reference = data
-    errors = [rel(afl.aggregate(numpy_uploads(x, y, partition.iid(y, k, seed=3)), remove_regularization=False)
+    errors = [rel(afl.aggregate(numpy_uploads(x, y, partition.iid(y, k, seed=3)), dim=D, remove_regularization=False)
                   .weight, reference) for k in (1, 10, 100, 1000)]
     assert all(a < b for a, b in zip(errors, errors[1:])), errors
     # Kγ = 1000 against XᵀX ≈ 3000·I shrinks W by ~25%: the collapse the paper reports.
@@ -92,14 +92,14 @@ def test_without_ri_the_error_grows_with_the_number_of_clients(data):
 def test_without_ri_the_raw_aa_law_is_ridge_with_k_gamma(data):
     x, y, _ = data
     parts = partition.iid(y, 7, seed=4)
-    got = afl.aggregate(uploads(x, y, parts), remove_regularization=False).weight
+    got = afl.aggregate(uploads(x, y, parts), dim=D, remove_regularization=False).weight
     want = np.linalg.solve(x.T @ x + 7 * GAMMA * np.eye(D), x.T @ np.eye(C)[y])
     assert rel(got, want) < 1e-10
 
 
 def test_global_gamma_is_readded_after_ri(data):
     x, y, _ = data
-    got = afl.aggregate(uploads(x, y, partition.iid(y, 5, seed=5)), global_gamma=3.0).weight
+    got = afl.aggregate(uploads(x, y, partition.iid(y, 5, seed=5)), dim=D, global_gamma=3.0).weight
     want = np.linalg.solve(x.T @ x + 3.0 * np.eye(D), x.T @ np.eye(C)[y])
     assert rel(got, want) < 1e-10
 
@@ -109,7 +109,7 @@ def test_late_waves_in_any_order_merge_exactly(data):
     messages = uploads(x, y, partition.dirichlet(y, 40, 0.1, seed=6))
     order = np.random.default_rng(0).permutation(len(messages))
     waves = np.array_split(order, 3)
-    result = afl.aggregate([messages[i] for i in waves[0]])
+    result = afl.aggregate([messages[i] for i in waves[0]], dim=D, classes=C)
     for wave in waves[1:]:
         result = afl.aggregate([messages[i] for i in wave], state=result.state)
     assert len(result.state.clients) == 40
@@ -117,7 +117,8 @@ def test_late_waves_in_any_order_merge_exactly(data):
     # A client reporting again in a later wave is refused: its rows would count twice.
     with pytest.warns(UserWarning, match="second upload"):
         again = afl.aggregate([messages[order[0]]], state=result.state)
-    assert list(again.excluded) == [messages[order[0]].client_id]
+    assert [r.client_id for r in again.excluded] == [repr(messages[order[0]].client_id)]
+    assert again.state == result.state
     np.testing.assert_array_equal(np.asarray(again.weight), np.asarray(result.weight))
 
 
@@ -133,7 +134,7 @@ def test_float32_client_statistics_stay_close_to_float64(data):
     messages = uploads(x, y, partition.iid(y, 10, seed=7), dtype=np.float32)
     assert messages[0].xtx.dtype == np.float32
     # float32 Grams carry ~1e-7 relative error per entry; the authors report 6e-7 for their setting.
-    assert rel(afl.aggregate(messages).weight, reference) < 1e-4
+    assert rel(afl.aggregate(messages, dim=D).weight, reference) < 1e-4
 
 
 def test_empty_client_uploads_zeros_and_is_merged(data):
@@ -141,7 +142,7 @@ def test_empty_client_uploads_zeros_and_is_merged(data):
     parts = [np.arange(N), np.zeros(0, np.int64)]
     messages = uploads(x, y, parts)
     assert messages[1].count == 0 and not messages[1].xtx.any()
-    assert rel(afl.aggregate(messages).weight, reference) < 1e-10
+    assert rel(afl.aggregate(messages, dim=D).weight, reference) < 1e-10
 
 
 def test_client_stats_rejects_bad_input_by_name(data):
@@ -165,8 +166,9 @@ def test_singular_pooled_gram_without_global_gamma_is_a_clear_error():
     x[:, 0] = 1.0
     y = np.arange(20) % 2
     with pytest.raises(ValueError, match="global_gamma"):
-        afl.aggregate([afl.client_stats(x, y, GAMMA, 2)])
-    assert np.isfinite(np.asarray(afl.aggregate([afl.client_stats(x, y, GAMMA, 2)], global_gamma=1.0).weight)).all()
+        afl.aggregate([afl.client_stats(x, y, GAMMA, 2)], dim=3)
+    weight = afl.aggregate([afl.client_stats(x, y, GAMMA, 2)], dim=3, global_gamma=1.0).weight
+    assert np.isfinite(np.asarray(weight)).all()
 
 
 def test_communication_counts_one_round_of_gram_up_and_weight_down(data):

@@ -29,8 +29,8 @@ def test_gradient_baselines_degrade_with_skew_while_analytic_methods_stay_fixed(
         acc["fedavg", name] = baselines.fedavg(x, y, p, eval_data=(x_test, y_test), **FED).history[-1][1]
         acc["fedprox", name] = baselines.fedprox(x, y, p, mu=0.1, eval_data=(x_test, y_test), **FED).history[-1][1]
         ups = [afl.client_stats(x[q], y[q], 1.0, 10, i) for i, q in enumerate(p)]
-        acc["afl", name] = float(np.mean(np.asarray(afl.predict(afl.aggregate(ups, global_gamma=1.0).weight,
-                                                                     x_test)) == y_test))
+        weight = afl.aggregate(ups, dim=x.shape[1], classes=10, global_gamma=1.0).weight
+        acc["afl", name] = float(np.mean(np.asarray(afl.predict(weight, x_test)) == y_test))
         model = deepafl.DeepAFL(phi_dim=48, block_dim=32, layers=3, seed=0)
         acc["deepafl", name] = model.fit_federated([(x[q], y[q]) for q in p], classes=10).score(x_test, y_test)
     for method in ("fedavg", "fedprox"):

@@ -83,7 +83,7 @@ def test_deepafl_beats_afl_where_a_linear_head_is_weak():
     mean, std = x.mean(0), x.std(0)
     x, x_test = (x - mean) / std, (x_test - mean) / std
     # Both are partition-invariant (tested above), so one client holding everything stands for any split.
-    linear = afl.aggregate([afl.client_stats(x, y, 1.0, 10)])
+    linear = afl.aggregate([afl.client_stats(x, y, 1.0, 10)], dim=x.shape[1], classes=10)
     afl_acc = float(np.mean(np.asarray(afl.predict(linear.weight, x_test)) == y_test))
     deep_acc = deepafl.DeepAFL(**SMALL).fit(x, y).score(x_test, y_test)
     # Measured here: AFL 0.23 (raw mnist1d is far from linearly separable); DeepAFL 0.35 with these small

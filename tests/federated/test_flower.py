@@ -89,7 +89,8 @@ def test_afl_flower_run_equals_in_process_afl_and_centralized_ridge(simulation):
     split, clients = _client_data(config)
     assert min(len(y) for _, y in clients) >= config["min-size"]
     assert len({int(np.bincount(y, minlength=10).argmax()) for _, y in clients}) > 1  # really label-skewed
-    reference = np.asarray(afl.aggregate(_afl_uploads(config, clients), global_gamma=config["global-gamma"]).weight)
+    reference = np.asarray(afl.aggregate(_afl_uploads(config, clients), dim=split.x_train.shape[1], classes=10,
+                                         global_gamma=config["global-gamma"]).weight)
     assert _relative(arrays["weight"], reference) <= 1e-6
     x, y = split.x_train, np.eye(10)[split.y_train]
     centralized = np.linalg.solve(x.T @ x + config["global-gamma"] * np.eye(x.shape[1]), x.T @ y)
@@ -110,7 +111,8 @@ def test_afl_failing_and_silent_clients_are_dropped_reported_and_the_rest_aggreg
     assert first["missing"] == ["partition 2"]
     assert first["merged_so_far"] == [0, 3]
     uploads = _afl_uploads(config, clients)
-    wave_one = afl.aggregate([uploads[0], uploads[3]], global_gamma=config["global-gamma"]).weight
+    wave_one = afl.aggregate([uploads[0], uploads[3]], dim=uploads[0].dim, classes=10,
+                             global_gamma=config["global-gamma"]).weight
     assert _relative(arrays["weight_wave_1"], wave_one) <= 1e-6
 
 
@@ -119,7 +121,8 @@ def test_afl_clients_answering_in_a_later_wave_merge_exactly(simulation):
     _, clients = _client_data(config)
     assert [r["answered"] for r in report["rounds"]] == [[0, 3], [1, 2]]
     uploads = _afl_uploads(config, clients)
-    earlier = afl.aggregate([uploads[0], uploads[3]], global_gamma=config["global-gamma"])
+    earlier = afl.aggregate([uploads[0], uploads[3]], dim=uploads[0].dim, classes=10,
+                            global_gamma=config["global-gamma"])
     later = afl.aggregate([uploads[1], uploads[2]], global_gamma=config["global-gamma"], state=earlier.state)
     assert _relative(arrays["weight"], later.weight) <= 1e-6
     assert not np.allclose(arrays["weight_wave_1"], arrays["weight"], rtol=1e-3)  # the late rows did count

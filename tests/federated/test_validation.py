@@ -65,9 +65,9 @@ def test_malformed_upload_is_excluded_with_client_named_and_others_used(clients,
     sent = list(ups)
     sent[2] = make_bad(ups[2])
     with pytest.warns(RejectedUploadWarning, match="client 2"):
-        result = afl.aggregate(sent, classes=C)
-    assert list(result.excluded) == [2]
-    assert "client 2" in result.excluded[2] and reason in result.excluded[2]
+        result = afl.aggregate(sent, dim=D, classes=C)
+    assert [(r.position, r.client_id) for r in result.excluded] == [(2, "2")]
+    assert "client 2" in result.excluded[0].reason and reason in result.excluded[0].reason
     others = np.concatenate([p for i, p in enumerate(parts) if i != 2])
     t = np.eye(C)[y[others]]
     want = np.linalg.solve(x[others].T @ x[others], x[others].T @ t)
@@ -101,9 +101,9 @@ def test_wrong_message_type_and_duplicates_are_excluded(clients):
     wrong = messages.DeepAFLClassifierUpload(7, 0, ups[0].xtx, ups[0].xty, ups[0].count)
     with pytest.warns(RejectedUploadWarning):
         ok, bad = screen([ups[0], wrong, ups[0]], kind=messages.AFLUpload, dim=D)
-    assert ok == [ups[0]]
-    assert "AFLUpload" in bad[7]
-    assert any("second upload" in reason for reason in bad.values())
+    assert len(ok) == 1 and ok[0].client_id == 0 and ok[0].xtx is ups[0].xtx
+    assert [(r.position, r.client_id) for r in bad] == [(1, "7"), (2, "0")]
+    assert "AFLUpload" in bad[0].reason and "second upload" in bad[1].reason
 
 
 def test_count_zero_with_nonzero_statistics_is_rejected(clients):
