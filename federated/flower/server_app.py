@@ -27,6 +27,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from analytic.checkpoint import atomic_savez, atomic_write_text
 from federated import afl, deepafl
 from federated import messages as msg
 from federated.flower import records, task
@@ -74,8 +75,10 @@ def run(grid: Grid, config: Mapping[str, Any]) -> dict[str, Any]:
     if config["output-dir"]:
         out = Path(str(config["output-dir"]))
         out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "result.npz", **arrays)
-        (out / "result.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        # Each file is replaced atomically, and result.json (what a waiting reader polls for) comes last, so a
+        # reader never sees a partial file, and once result.json exists result.npz is complete.
+        atomic_savez(out / "result.npz", arrays)
+        atomic_write_text(out / "result.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 
