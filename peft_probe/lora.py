@@ -41,6 +41,17 @@ _INITS = ("kaiming", "gaussian")
 _LAYER_INDEX = re.compile(r".*\.[^.]*\.(\d+)\.")  # PEFT's default layers_pattern: "<anything>.<name>.<int>."
 
 
+def _is_real(value: object) -> bool:
+    """A real scalar (Python, NumPy or a 0-d JAX array), but not a bool or a string."""
+    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
+        return False
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything numpy cannot even wrap is not a number
+        return False
+    return arr.ndim == 0 and arr.dtype.kind in "iuf"
+
+
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
     """Where and how to place LoRA adapters (field names and matching rules as in ``peft.LoraConfig``).
@@ -61,11 +72,11 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
             raise ValueError(f"LoraConfig.r must be a positive integer, got {self.r!r}")
-        if not np.isfinite(self.alpha) or self.alpha <= 0:
+        if not _is_real(self.alpha) or not np.isfinite(self.alpha) or self.alpha <= 0:
             raise ValueError(f"LoraConfig.alpha must be a positive finite number, got {self.alpha!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.init not in _INITS:
+        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoraConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.init, str) or self.init not in _INITS:
             raise ValueError(f"LoraConfig.init must be one of {_INITS}, got {self.init!r}")
         targets = self.target_modules
         if isinstance(targets, str):
@@ -75,14 +86,25 @@ class LoraConfig:
                 except re.error as err:
                     raise ValueError(f"LoraConfig.target_modules={targets!r} is not a valid regex: {err}") from err
         else:
-            targets = tuple(targets)
+            # Only real sequences of names: a bare number, None, bytes or a mapping is a mistake, not a target list.
+            if not isinstance(targets, (list, tuple, set, frozenset)):
+                raise TypeError(f"LoraConfig.target_modules must be a string or a list/tuple/set of names, got "
+                                f"{type(targets).__name__} {targets!r}")
+            targets = tuple(sorted(targets)) if isinstance(targets, (set, frozenset)) else tuple(targets)
             if not targets or not all(isinstance(t, str) and t for t in targets):
                 raise ValueError(f"LoraConfig.target_modules must be non-empty names, got {self.target_modules!r}")
             object.__setattr__(self, "target_modules", targets)
         layers = self.layers_to_transform
         if layers is not None:
-            layers = (layers,) if isinstance(layers, (int, np.integer)) else tuple(layers)
-            if not all(isinstance(i, (int, np.integer)) and i >= 0 for i in layers):
+            if isinstance(layers, (int, np.integer)) and not isinstance(layers, (bool, np.bool_)):
+                layers = (layers,)
+            elif isinstance(layers, (list, tuple, range)):
+                layers = tuple(layers)
+            else:
+                raise TypeError(f"LoraConfig.layers_to_transform must be an int or a list/tuple of ints, got "
+                                f"{type(layers).__name__} {layers!r}")
+            if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) and i >= 0
+                       for i in layers):
                 raise ValueError(f"LoraConfig.layers_to_transform must be non-negative ints, got {layers!r}")
             object.__setattr__(self, "layers_to_transform", tuple(int(i) for i in layers))
 
