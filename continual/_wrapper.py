@@ -27,8 +27,6 @@ def declared_classes(classes: int | Sequence[int] | np.ndarray | None, name: str
         return None
     if np.ndim(classes) == 0:
         return check_classes(classes.item() if isinstance(classes, np.ndarray) else classes, name=name)
-    if isinstance(classes, str | bytes):
-        raise TypeError(f"{name} must be a class count or a sequence of class ids, got {classes!r}")
     ids = check_labels(np.asarray(classes), name=name, classes=MAX_DECLARED_CLASSES)
     return int(ids.max()) + 1
 

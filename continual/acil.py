@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 
 import jax
 
-from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_predict, rls_step
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_predict, rls_step_checked
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import resolve_dtype
+from analytic.health import RLSHealth, check_committed
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, padded_batch, real_rows
 
@@ -61,13 +62,16 @@ def update(state: ACILState, x: Any, y: Any) -> ACILState:
     labels = check_labels(y, n=x.shape[0])
     head = expand_classes(state.head, max(num_classes(state), int(labels.max()) + 1))
     x_pad, targets = padded_batch(x, labels, head.classes, head.weight.dtype)
-    return state._replace(head=_step(state.buffer, head, x_pad, targets))
+    head, health = _step(state.buffer, head, x_pad, targets)
+    # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was.
+    check_committed(health.ok, lambda: state.buffer(x), head.weight.dtype, what="buffered features", health=health)
+    return state._replace(head=head)
 
 
 @jax.jit
-def _step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> RLSState:
+def _step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
     # Buffer then the core's Woodbury step, one compiled program per (row bucket, width).
-    return rls_step(head, real_rows(buffer(x), targets), targets)
+    return rls_step_checked(head, real_rows(buffer(x), targets), targets)
 
 
 def predict(state: ACILState, x: Any) -> jax.Array:

@@ -34,6 +34,7 @@ import numpy as np
 from analytic import RandomBuffer, expand_classes, gram_accumulate, gram_init, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.health import check_committed, gram_finite
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, mask_unseen, padded_batch, real_rows
 
@@ -104,7 +105,9 @@ def _features(state: AIRState, x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _accumulate(state: AIRState, x: jax.Array, targets: jax.Array, rows: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+def _accumulate(
+    state: AIRState, x: jax.Array, targets: jax.Array, rows: jax.Array
+) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
     feats = real_rows(_features(state, x), targets)
     stats = gram_accumulate(state.stats, feats, targets, rows)
     if state.class_gram.ndim == 3:
@@ -112,7 +115,9 @@ def _accumulate(state: AIRState, x: jax.Array, targets: jax.Array, rows: jax.Arr
         class_gram = state.class_gram + jnp.einsum("nc,nd,ne->cde", targets, feats, feats, precision=HIGHEST)
     else:
         class_gram = state.class_gram + jnp.matmul(targets.T, feats * feats, precision=HIGHEST)
-    return stats, class_gram, state.counts + jnp.sum(targets, axis=0).astype(state.counts.dtype)
+    class_diag = jnp.diagonal(class_gram, axis1=1, axis2=2) if class_gram.ndim == 3 else class_gram
+    finite = gram_finite(stats.xtx, stats.xty) & jnp.all(jnp.isfinite(class_diag))
+    return stats, class_gram, state.counts + jnp.sum(targets, axis=0).astype(state.counts.dtype), finite
 
 
 def update(state: AIRState, x: Any, y: Any) -> AIRState:
@@ -126,7 +131,9 @@ def update(state: AIRState, x: Any, y: Any) -> AIRState:
         class_gram=jnp.pad(state.class_gram, ((0, grow),) + ((0, 0),) * (state.class_gram.ndim - 1)),
     )
     x_pad, targets = padded_batch(x, labels, width, state.stats.xtx.dtype)
-    stats, class_gram, counts = _accumulate(state, x_pad, targets, jnp.int32(x.shape[0]))
+    stats, class_gram, counts, finite = _accumulate(state, x_pad, targets, jnp.int32(x.shape[0]))
+    # Committed only if the statistics stay finite; an overflowing row is named and `state` stays as it was.
+    check_committed(finite, lambda: _features(state, x), stats.xtx.dtype)
     return state._replace(stats=stats, class_gram=class_gram, counts=counts)
 
 

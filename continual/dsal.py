@@ -27,10 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
 from analytic.buffers import ACTIVATIONS
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.health import RLSHealth, check_committed, healthy, merge_health
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, grow_mask, padded_batch, real_rows, seen_mask
 
@@ -128,17 +129,17 @@ def cleansed_residual(main: RLSState, x_main: jax.Array, targets: jax.Array, kee
 
 
 @jax.jit
-def _main_step(state: DSALState, main: RLSState, x: jax.Array, targets: jax.Array) -> RLSState:
-    return rls_step(main, real_rows(stream_features(state, x)[0], targets), targets)
+def _main_step(state: DSALState, main: RLSState, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
+    return rls_step_checked(main, real_rows(stream_features(state, x)[0], targets), targets)
 
 
 @jax.jit
 def _comp_step(
     state: DSALState, main: RLSState, comp: RLSState, x: jax.Array, targets: jax.Array, keep: jax.Array
-) -> RLSState:
+) -> tuple[RLSState, RLSHealth]:
     x_main, x_comp = (real_rows(f, targets) for f in stream_features(state, x))
     # Padded rows have zero targets and zero features, hence a zero residual: they still add nothing.
-    return rls_step(comp, x_comp, cleansed_residual(main, x_main, targets, keep))
+    return rls_step_checked(comp, x_comp, cleansed_residual(main, x_main, targets, keep))
 
 
 def update(
@@ -165,21 +166,28 @@ def update(
     main, comp = expand_classes(state.main, width), expand_classes(state.comp, width)
     x_host = np.asarray(x)  # slice on the host: slicing a device array compiles one program per slice shape
     batches = [padded_batch(x_host[sl], labels[sl], width, main.weight.dtype) for sl in chunks]
+    health = healthy(main.weight.dtype)
     if cleansing == "paper":
         for x_pad, targets in batches:
-            main = _main_step(state, main, x_pad, targets)
+            main, h = _main_step(state, main, x_pad, targets)
+            health = merge_health(health, h)
         keep = jnp.asarray(~seen_before)
         for x_pad, targets in batches:
-            comp = _comp_step(state, main, comp, x_pad, targets, keep)
+            comp, h = _comp_step(state, main, comp, x_pad, targets, keep)
+            health = merge_health(health, h)
     else:
         highest = int(np.flatnonzero(seen_before).max()) if seen_before.any() else -1
         cols = np.arange(width)
         for sl, (x_pad, targets) in zip(chunks, batches):
-            main = _main_step(state, main, x_pad, targets)
+            main, h_main = _main_step(state, main, x_pad, targets)
             highest = max(highest, int(labels[sl].max()))
             # The repository keeps the last `increase_size` columns of its current width (highest id + 1).
             keep = jnp.asarray((cols < highest + 1) & (cols >= highest + 1 - new_classes))
-            comp = _comp_step(state, main, comp, x_pad, targets, keep)
+            comp, h_comp = _comp_step(state, main, comp, x_pad, targets, keep)
+            health = merge_health(health, merge_health(h_main, h_comp))
+    # One check per phase: an overflowing row or a broken recursion raises and `state` stays as it was.
+    check_committed(health.ok, lambda: stream_features(state, x)[0], main.weight.dtype, what="projected features",
+                    health=health)
     return state._replace(main=main, comp=comp, seen=jnp.asarray(seen_before | seen_mask(labels, width)))
 
 

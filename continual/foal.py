@@ -28,7 +28,8 @@ import numpy as np
 from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls_init
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import pad_rows, resolve_dtype
-from analytic.rls import rls_predict, rls_step
+from analytic.health import RLSHealth, check_committed, healthy, merge_health
+from analytic.rls import rls_predict, rls_step_checked
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
 
@@ -105,7 +106,10 @@ def update(state: FOALState, block_cls: Any, y: Any, batch_size: int = 10) -> FO
     width = max(num_classes(state), int(labels.max()) + 1)
     head = expand_classes(state.head, width)
     block_pad, targets = padded_batch(block_cls, labels, width, head.weight.dtype)
-    head = _online_pass(state, head, block_pad, targets, int(batch_size))
+    head, health = _online_pass(state, head, block_pad, targets, int(batch_size))
+    # One check per pass (one scalar read): an overflowing sample or a broken recursion raises and `state` stays.
+    check_committed(health.ok, lambda: fused_features(state, block_cls), head.weight.dtype, name="block_cls",
+                    what="fused features", health=health)
     seen = grow_mask(state.seen, width) | (jnp.sum(targets, axis=0) > 0)
     return state._replace(head=head, seen=seen)
 
@@ -113,14 +117,19 @@ def update(state: FOALState, block_cls: Any, y: Any, batch_size: int = 10) -> FO
 @partial(jax.jit, static_argnames="batch_size")
 def _online_pass(
     state: FOALState, head: RLSState, block_cls: jax.Array, targets: jax.Array, batch_size: int
-) -> RLSState:
+) -> tuple[RLSState, RLSHealth]:
     feats = real_rows(fused_features(state, block_cls), targets)
     # Zero rows (padding to a whole number of mini-batches) leave the Woodbury step unchanged, so every step has
     # the same shape and the pass is one scan in one compiled program.
     rows = -(-feats.shape[0] // batch_size) * batch_size
     feats, targets = pad_rows(feats, rows), pad_rows(targets, rows)
     batches = (feats.reshape(-1, batch_size, feats.shape[1]), targets.reshape(-1, batch_size, targets.shape[1]))
-    return jax.lax.scan(lambda h, batch: (rls_step(h, *batch), None), head, batches)[0]
+
+    def step(carry: tuple[RLSState, RLSHealth], batch: tuple[jax.Array, jax.Array]):
+        new, health = rls_step_checked(carry[0], *batch)
+        return (new, merge_health(carry[1], health)), None
+
+    return jax.lax.scan(step, (head, healthy(head.weight.dtype)), batches)[0]
 
 
 def predict(state: FOALState, block_cls: Any) -> jax.Array:

@@ -32,11 +32,12 @@ import jax.numpy as jnp
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
-from analytic.rls import rls_step
+from analytic.health import RLSHealth, check_committed, healthy, merge_health
+from analytic.rls import rls_step_checked
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
 
-__all__ = ["GACLState", "init", "update", "eclg_step", "predict", "GACL"]
+__all__ = ["GACLState", "init", "update", "eclg_step", "eclg_step_checked", "predict", "GACL"]
 
 
 @register_checkpoint_type
@@ -81,20 +82,31 @@ def _features(buffer: RandomBuffer | None, x: jax.Array, targets: jax.Array) -> 
     return real_rows(x.astype(targets.dtype) if buffer is None else buffer(x), targets)
 
 
+def _eclg(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
+    w, _ = head
+    # The core's Woodbury step with zero target columns updates only R (its weight part is empty).
+    r_step, health = rls_step_checked(RLSState(w[:, :0], head.inv_autocorr), x, targets[:, :0])
+    r_new = r_step.inv_autocorr
+    gain = jnp.matmul(r_new, x.T, precision=HIGHEST)                                  # R_k X_kᵀ: (d, b)
+    label_gain = jnp.matmul(gain, targets * exposed[None, :], precision=HIGHEST)      # R_k X_kᵀ Y_k^E
+    w_exposed = w - jnp.matmul(gain, jnp.matmul(x, w, precision=HIGHEST), precision=HIGHEST) + label_gain
+    w_unexposed = jnp.matmul(gain, targets * ~exposed[None, :], precision=HIGHEST)    # R_k X_kᵀ Y_k^U
+    w_new = jnp.where(exposed[None, :], w_exposed, w_unexposed)
+    finite = jnp.all(jnp.isfinite(w_new))
+    return RLSState(w_new, r_new), health._replace(ok=health.ok & finite, precise=health.precise & finite)
+
+
 @jax.jit
 def eclg_step(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> RLSState:
     """The exposed/unexposed (ECLG) update on one batch.
 
     ``x: (b, d)``, one-hot ``targets: (b, c)``, ``exposed: (c,)`` the classes exposed before this batch.
     """
-    w, _ = head
-    # The core's Woodbury step with zero target columns updates only R (its weight part is empty).
-    r_new = rls_step(RLSState(w[:, :0], head.inv_autocorr), x, targets[:, :0]).inv_autocorr
-    gain = jnp.matmul(r_new, x.T, precision=HIGHEST)                                  # R_k X_kᵀ: (d, b)
-    label_gain = jnp.matmul(gain, targets * exposed[None, :], precision=HIGHEST)      # R_k X_kᵀ Y_k^E
-    w_exposed = w - jnp.matmul(gain, jnp.matmul(x, w, precision=HIGHEST), precision=HIGHEST) + label_gain
-    w_unexposed = jnp.matmul(gain, targets * ~exposed[None, :], precision=HIGHEST)    # R_k X_kᵀ Y_k^U
-    return RLSState(jnp.where(exposed[None, :], w_exposed, w_unexposed), r_new)
+    return _eclg(head, exposed, x, targets)[0]
+
+
+eclg_step_checked = jax.jit(_eclg)
+eclg_step_checked.__doc__ = ":func:`eclg_step` plus its :class:`analytic.health.RLSHealth` flags."
 
 
 def update(state: GACLState, x: Any, y: Any, online_iter: int = 1) -> GACLState:
@@ -107,9 +119,13 @@ def update(state: GACLState, x: Any, y: Any, online_iter: int = 1) -> GACLState:
     exposed = grow_mask(state.exposed, head.classes)
     x_pad, targets = padded_batch(x, labels, head.classes, head.weight.dtype)
     feats = _features(state.buffer, x_pad, targets)
+    health = healthy(head.weight.dtype)
     for _ in range(int(online_iter)):
-        head = eclg_step(head, exposed, feats, targets)
+        head, h = eclg_step_checked(head, exposed, feats, targets)
+        health = merge_health(health, h)
         exposed = exposed | (jnp.sum(targets, axis=0) > 0)
+    # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was.
+    check_committed(health.ok, lambda: feats, head.weight.dtype, health=health)
     return GACLState(state.buffer, head, exposed)
 
 
