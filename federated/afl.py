@@ -218,11 +218,15 @@ def server_solve(state: AFLServerState, *, remove_regularization: bool = True, g
 
 def _nonnegative(value: Any, name: str) -> float:
     """``value`` as a float, or ``ValueError`` naming ``name`` unless it is a finite real number ≥ 0."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not real and not (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0
+                         and np.asarray(value).dtype.kind in "iuf"):
+        raise ValueError(f"{name} must be a finite real number >= 0, got {type(value).__name__} {value!r}")
     try:
         out = float(value)
     except (TypeError, ValueError, OverflowError) as err:
         raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}") from err
-    if isinstance(value, (bool, np.bool_)) or not np.isfinite(out) or out < 0:
+    if not np.isfinite(out) or out < 0:
         raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
     return out
 

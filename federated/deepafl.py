@@ -242,7 +242,8 @@ class DeepAFLServer:
             cid = upload.client_id
             if cid in self.excluded or (self.clients is not None and cid not in self.clients):
                 why = "was excluded in an earlier round" if cid in self.excluded else "did not take part in round 1"
-                bad.append(Rejection(position, describe_id(cid), f"message {position} (client_id {cid!r}): client "
+                claimed = describe_id(uploads[position].client_id)
+                bad.append(Rejection(position, claimed, f"message {position} (claimed client_id {claimed}): client "
                                      f"{cid!r} {why}, so its statistics cannot join layer {self.layer}"))
             else:
                 accepted.append(upload)

@@ -141,7 +141,8 @@ def _real(who: str, name: str, value: Any) -> float:
     return out
 
 
-def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dtype: Any) -> np.ndarray:
+def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dtype: Any) -> tuple[np.ndarray, float]:
+    """The checked array and its ``max |entry|`` (reused by the Gram checks instead of a second pass)."""
     if not isinstance(a, np.ndarray):
         # Only NumPy arrays (and array-likes such as jax.Array with an __array__) -- never lists or strings.
         if not hasattr(a, "__array__") or isinstance(a, (str, bytes)):
@@ -157,19 +158,20 @@ def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dty
     if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{who}: {name} has shape {a.shape}, expected {want}")
-    finite = np.isfinite(a)
-    if not finite.all():
-        raise ValueError(f"{who}: {name} has {int(a.size - finite.sum())} NaN/inf entries")
-    if a.size and float(np.abs(a).max()) > MAX_ENTRY:
+    # One pass for both checks: max|a| is NaN or inf exactly when an entry is (np.max propagates NaN).
+    peak = float(np.abs(a).max()) if a.size else 0.0
+    if not math.isfinite(peak):
+        raise ValueError(f"{who}: {name} has {int(a.size - np.isfinite(a).sum())} NaN/inf entries")
+    if peak > MAX_ENTRY:
         raise ValueError(f"{who}: {name} has entries above {MAX_ENTRY:.3g} in magnitude (a sum would overflow)")
-    return a
+    return a, peak
 
 
-def _check_gram(who: str, name: str, g: np.ndarray, psd: str) -> None:
+def _check_gram(who: str, name: str, g: np.ndarray, scale: float, psd: str) -> None:
+    """Symmetry and PSD of ``g`` whose ``max |entry|`` is ``scale``."""
     d = g.shape[0]
     tol = tolerance(g.dtype, d)
     g64 = g.astype(np.float64)
-    scale = float(np.abs(g64).max()) if g.size else 0.0
     asym = float(np.abs(g64 - g64.T).max()) if g.size else 0.0
     if asym > tol * max(scale, np.finfo(np.float64).tiny):
         raise ValueError(f"{who}: {name} is not symmetric (max |G - G^T| = {asym:.3g}, max |G| = {scale:.3g})")
@@ -242,15 +244,15 @@ def check_upload(
         if layer is not None and fields["layer"] != layer:
             raise ValueError(f"{who}: message is for layer {fields['layer']}, this round is layer {layer}")
     gram_name, cross_name = _FIELDS[kind]
-    gram = _check_array(who, gram_name, getattr(message, gram_name), (dim, dim), dtype)
+    gram, scale = _check_array(who, gram_name, getattr(message, gram_name), (dim, dim), dtype)
     if gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise ValueError(f"{who}: {gram_name} must be square and non-empty, got shape {gram.shape}")
-    cross = _check_array(who, cross_name, getattr(message, cross_name), (gram.shape[0], None), dtype)
+    cross, _ = _check_array(who, cross_name, getattr(message, cross_name), (gram.shape[0], None), dtype)
     if classes is not None and cross.shape[1] > classes:
         raise ValueError(f"{who}: {cross_name} has {cross.shape[1]} columns, more than the {classes} classes")
     if count == 0 and (np.any(gram) or np.any(cross)):
         raise ValueError(f"{who}: count is 0 but the statistics are non-zero")
-    _check_gram(who, gram_name, gram, psd)
+    _check_gram(who, gram_name, gram, scale, psd)
     fields[gram_name], fields[cross_name] = gram, cross
     return dataclasses.replace(message, **fields)
 
