@@ -94,9 +94,9 @@ def gram_finite(xtx: jax.Array, xty: jax.Array) -> jax.Array:
 
 def overflowing_rows(features: Any, dtype: Any) -> np.ndarray:
     """Indices of the rows of ``features`` whose squared norm is not finite in ``dtype`` (host-side, error path)."""
-    f = np.asarray(features).astype(np.dtype(dtype))
     with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.sum(f.astype(np.dtype(dtype)) ** 2, axis=1, dtype=np.dtype(dtype))
+        f = np.asarray(features).astype(np.dtype(dtype))
+        norms = np.sum(f**2, axis=1, dtype=np.dtype(dtype))
     return np.flatnonzero(~np.isfinite(norms))
 
 

@@ -128,8 +128,10 @@ def as_targets(
     width ``max(classes, max_label + 1)`` -- the class-growth rule of recursive least squares (``W̃``, ``W``
     zero-padded with columns for new classes; Zhuang et al., ACIL, NeurIPS 2022); dense targets narrower than
     ``classes`` are zero-padded, wider ones grow the model.
-    ``declared`` (a declared class count) bounds both: ids ``>= declared`` and targets wider than it are refused.
+    ``declared`` (a declared class count, validated by :func:`check_classes`) bounds both: ids ``>= declared`` and
+    targets wider than it are refused.
     """
+    declared = check_classes(declared)
     if np.ndim(y) == 1:
         ids = check_labels(y, name=name, n=n, classes=declared)
         width = max(classes or 0, int(ids.max()) + 1)

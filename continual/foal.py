@@ -28,7 +28,7 @@ import numpy as np
 from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls_init
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import pad_rows, resolve_dtype
-from analytic.health import RLSHealth, check_committed, healthy, merge_health
+from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
 from analytic.rls import rls_predict, rls_step_checked
 from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
@@ -103,6 +103,11 @@ def update(state: FOALState, block_cls: Any, y: Any, batch_size: int = 10) -> FO
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     block_cls = check_block_tokens(block_cls, input_dim(state))
     labels = check_labels(y, n=block_cls.shape[0])
+    dtype = state.head.weight.dtype
+    # The fusion's LayerNorm squares the tokens: an overflow there gives finite but meaningless features
+    # (0/inf -> 0), so it is refused here, before the bounded sigmoid could hide it.
+    check_committed(not overflowing_rows(block_cls.reshape(block_cls.shape[0], -1), dtype).size,
+                    lambda: block_cls.reshape(block_cls.shape[0], -1), dtype, name="block_cls", what="class tokens")
     width = max(num_classes(state), int(labels.max()) + 1)
     head = expand_classes(state.head, width)
     block_pad, targets = padded_batch(block_cls, labels, width, head.weight.dtype)
