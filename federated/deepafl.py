@@ -343,8 +343,8 @@ class DeepAFL:
     """Scikit-learn style DeepAFL. Hyper-parameters default to the authors' settings (module docstring).
 
     ``fit(x, y)`` trains on pooled data; ``fit_federated([(x₁, y₁), ...])`` runs the message protocol over the
-    clients (``excluded_``, ``comm_`` report rejected clients and bytes). Both give the same model for the same
-    ``seed`` and data, whatever the partition.
+    clients (``excluded_``: dropped client ids and why, ``rejected_``: every rejected message, ``comm_``: bytes).
+    Both give the same model for the same ``seed`` and data, whatever the partition.
     """
 
     def __init__(self, phi_dim: int = 1024, block_dim: int = 1024, layers: int = 20, lam: float = 1.0,

@@ -706,3 +706,19 @@ def test_flower_decoding_refuses_malformed_records_and_run_round_never_raises(af
     outcome = rounds.run_round(Grid(), [1], "train.afl", RecordDict(), explode, "g", 1.0)
     assert sorted(outcome.decoded) == [1, 16] and 99 in outcome.failed and "RuntimeError" in outcome.failed[99]
     assert len(outcome.failed) == len(malformed)
+
+
+def test_flower_round_log_names_rejected_replies_by_node_and_forwards_only_merged_nodes(afl_world):
+    pytest.importorskip("flwr")
+    from federated.flower import server_app
+    from federated.flower.rounds import RoundOutcome
+
+    honest, *_ = afl_world
+    # Node 11 forges client 1's id with a NaN Gram and answers first; node 12 is the real client 1.
+    forged = bad_message("gram_nan", honest[1], ALIAS)
+    outcome = RoundOutcome({11: forged, 12: honest[1], 13: honest[2]}, {}, [], 0.1)
+    state, excluded = _quiet(afl.server_update, afl.server_init(D, C), list(outcome.decoded.values()))[0]
+    assert state.clients == (1, 2)
+    assert server_app._accepted_nodes(outcome, excluded) == [12, 13]
+    log = server_app._log("afl", 1, outcome, excluded, {11: 5, 12: 1, 13: 2})
+    assert list(log["rejected"]) == ["partition 5"] and "NaN" in log["rejected"]["partition 5"]
