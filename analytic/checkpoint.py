@@ -418,9 +418,13 @@ def _compare_items(expected: dict[str, Any], stored: dict[str, Any], where: str,
 
 # -- crash-safe directory replacement -----------------------------------------------------------------------------
 def _siblings(path: Path, marker: str) -> list[Path]:
-    prefix = path.name + marker
+    """``<path><marker><32 hex>`` siblings, plus orbax's own temporaries of them (``...<32 hex>.orbax-...``).
+
+    The exact token shape keeps cleanup from ever touching a user's directory that merely starts with the name.
+    """
+    pattern = re.compile(re.escape(path.name + marker) + r"[0-9a-f]{32}(\..*)?")
     try:
-        return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefix))
+        return sorted(p for p in path.parent.iterdir() if pattern.fullmatch(p.name))
     except FileNotFoundError:
         return []
 
@@ -453,7 +457,7 @@ def _recover(path: Path, like: Any = None) -> tuple[Any, dict[str, Any]] | None:
     Returns None if nothing is recoverable. If the rename is impossible (read-only directory) the verified copy
     is still returned.
     """
-    olds = _siblings(path, _OLD)
+    olds = [p for p in _siblings(path, _OLD) if len(p.name) == len(path.name) + len(_OLD) + 32]
     candidates = []
     for old in olds:
         tmp = path.with_name(path.name + _TMP + old.name[len(path.name) + len(_OLD):])
