@@ -528,7 +528,13 @@ def save_state(path: str | Path, state: Any, metadata: dict[str, Any] | None = N
         # From here until the second rename `path` is absent; _recover handles a crash in that window.
         os.rename(path, path.with_name(path.name + _OLD + token))
         _fsync(path.parent, directory=True)
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)
+    except FileNotFoundError:
+        # A concurrent load_state saw `path` missing in the window above and already moved our complete new copy
+        # into place (recovery prefers the new copy); anything else is a real error.
+        if not path.is_dir() or tmp.exists():
+            raise
     _fsync(path.parent, directory=True)
     _cleanup(path)
     return path

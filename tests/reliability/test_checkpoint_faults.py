@@ -368,6 +368,25 @@ def test_crash_at_every_filesystem_step_of_an_overwrite(tmp_path: Path, monkeypa
         assert crashed_between_renames >= 1  # the window between the two renames was exercised and recovered
 
 
+def test_reader_recovering_inside_the_rename_window_does_not_break_the_save(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "c"
+    save_state(path, {"w": jnp.zeros(2)})
+    real, seen = os.rename, []
+
+    def rename_with_reader(src: Any, dst: Any) -> None:
+        if Path(dst) == path and Path(src).name.startswith("c.tmp-") and not seen:
+            seen.append(None)  # the reader's own recovery rename comes through here too: only one reader
+            seen[0] = load_state(path)[0]  # a concurrent reader: path is missing, it recovers the new copy
+        real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "rename", rename_with_reader)
+    save_state(path, {"w": jnp.ones(2)}, overwrite=True)
+    monkeypatch.undo()
+    assert len(seen) == 1 and np.array_equal(np.asarray(seen[0]["w"]), np.ones(2))
+    assert np.array_equal(np.asarray(load_state(path)[0]["w"]), np.ones(2)) and _siblings(path) == []
+
+
 def test_recovery_prefers_the_complete_new_copy(tmp_path: Path):
     path = tmp_path / "c"
     save_state(path, {"w": jnp.zeros(2)})
