@@ -547,6 +547,18 @@ def test_learner_load_validates_params_against_state(tmp_path: Path):
     np.testing.assert_array_equal(np.asarray(back.decision_function(x)), np.asarray(learner.decision_function(x)))
 
 
+def test_federated_states_round_trip(tmp_path: Path):
+    """DeepAFL's trained model and the AFL server state are registered types: they save and load exactly."""
+    from federated.afl import server_init
+    from federated.deepafl import DeepAFL
+
+    x, y = _digits()
+    state = {"model": DeepAFL(phi_dim=32, block_dim=16, layers=2).fit(x, y).model_, "server": server_init(8, 3)}
+    save_state(tmp_path / "f", state)
+    back, _ = load_state(tmp_path / "f", like=state)
+    _assert_identical(back, state)
+
+
 def test_adapter_checkpoints_are_verified(tmp_path: Path):
     pytest.importorskip("flax")
     from peft_probe.lora import LoraConfig, inject_lora, load_adapters, save_adapters
