@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from analytic.dtypes import resolve_dtype
 from analytic.gram import GramStats
 from analytic.rls import RLSState
-from analytic.validation import check_labels
+from analytic.validation import check_classes, check_labels
 
 __all__ = ["one_hot", "expand_classes"]
 
@@ -19,10 +19,11 @@ S = TypeVar("S", GramStats, RLSState)
 
 def one_hot(labels: Any, classes: int, dtype: Any = None) -> jax.Array:
     """``(n,)`` class ids -> ``(n, classes)`` one-hot targets; ids must lie in ``[0, classes)``."""
-    if int(classes) <= 0:
-        raise ValueError(f"classes must be > 0, got {classes}")
-    ids = check_labels(labels, name="labels", classes=int(classes))
-    return jax.nn.one_hot(jnp.asarray(ids), int(classes), dtype=resolve_dtype(dtype))
+    classes = check_classes(classes)
+    if classes is None:
+        raise TypeError("one_hot needs a class count, got classes=None")
+    ids = check_labels(labels, name="labels", classes=classes)
+    return jax.nn.one_hot(jnp.asarray(ids), classes, dtype=resolve_dtype(dtype))
 
 
 def expand_classes(state: S, classes: int) -> S:
