@@ -11,9 +11,10 @@ Loading never runs code named by the file. Structure nodes name their Python typ
 fixed, library-owned table ``_STATE_MODULES`` are imported (never a module named by the file) and the lookup is
 repeated; a key that is still unknown raises :class:`CheckpointError`. The digest detects damage (a flipped byte,
 a truncated or missing file); it is no defence against a deliberately crafted file, because whoever can rewrite
-the metadata can recompute the digest -- the registry is that defence. Every field of the metadata is then
-type-checked before use, and any failure -- orbax or tensorstore errors included -- surfaces as
-:class:`CheckpointError` naming the checkpoint and what is wrong.
+the metadata can recompute the digest -- the registry is that defence. Every field of the stored structure is
+type-checked before use (the caller's ``metadata`` must be a JSON object; its fields are the caller's to check), and
+any failure -- orbax or tensorstore errors included -- surfaces as :class:`CheckpointError` naming the checkpoint
+and what is wrong.
 
 Overwriting (single writer). The new checkpoint is written completely into a sibling ``<path>.tmp-<id>`` on the
 same filesystem and fsynced; then ``<path>`` is renamed to ``<path>.old-<id>``, ``<path>.tmp-<id>`` is renamed to
