@@ -11,6 +11,7 @@ on digits (condition number ~1e3 at γ = 1), hence 1e-3 there.
 from __future__ import annotations
 
 import json
+import time
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +59,13 @@ def simulation(tmp_path_factory):
 
     @server.main()
     def main(grid, context):
-        for config in configs.values():
+        for name, config in configs.items():
             server_app.run(grid, config)
+            if name == "afl":
+                # AFL's silent client still sleeps (round-timeout + 5 s from the start of wave 1) when the AFL run
+                # ends; its late reply makes Flower write back that node's context, which would erase the DeepAFL
+                # client state saved meanwhile (measured: "no DeepAFL state" in a later round under load). Wait.
+                time.sleep(8.0)
 
     run_simulation(server, client_app.app, num_supernodes=CLIENTS, backend_config={
         "client_resources": {"num_cpus": 1},
