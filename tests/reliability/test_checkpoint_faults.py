@@ -363,6 +363,8 @@ def test_crash_at_every_filesystem_step_of_an_overwrite(tmp_path: Path, monkeypa
         k += 1
     save_state(path, old_state, overwrite=True)
     assert _siblings(path) == []  # a later successful save removes every leftover
+    print(f"\ncrash injected at each of {k} {op} calls of an overwrite; {crashed_between_renames} left the path "
+          "missing (recovered)")
     assert k >= 1
     if op == "rename":
         assert crashed_between_renames >= 1  # the window between the two renames was exercised and recovered
@@ -439,7 +441,7 @@ def _kill_state(seed: int) -> dict[str, Any]:
     return {"rls": rls, "buf": RandomBuffer(8, 48, "relu", seed=seed), "step": seed}
 
 
-@pytest.mark.slow  # ~30 s on an idle 2-core machine, mostly the children's imports; more under load
+@pytest.mark.slow  # 70-90 s on a busy 2-core machine, mostly the 32 children's imports
 def test_kill_9_during_overwriting_saves_leaves_old_or_new(tmp_path: Path):
     """Real processes, SIGKILL after a random delay while they overwrite the checkpoint in a loop.
 
