@@ -23,7 +23,8 @@ import optax
 
 from analytic import AnalyticLinear, GramStats, RandomBuffer, gram_init, gram_update, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
-from analytic.validation import check_features, check_gamma, check_labels
+from analytic.health import check_committed, overflowing_rows
+from analytic.validation import check_classes, check_features, check_gamma, check_labels
 
 __all__ = ["JointRidge", "SLDAState", "slda_init", "slda_update", "slda_predict", "SLDA", "FineTune"]
 
@@ -112,12 +113,16 @@ class SLDA(_Classifier):
             raise ValueError(f"shrinkage must lie in (0, 1), got {shrinkage!r}")
         self.shrinkage, self.dtype = shrinkage, dtype
         self.state_: SLDAState | None = None
+        self.n_classes_declared_: int | None = None
 
     def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> SLDA:
         state = self.state_ if self.state_ is not None else slda_init(check_features(x).shape[1], self.dtype)
-        if classes is not None:
-            check_labels(y, classes=int(classes))
+        declared = self.n_classes_declared_ if classes is None else check_classes(classes)
+        x = check_features(x, dim=state.stats.dim)
+        if declared is not None:
+            check_labels(y, classes=declared, n=x.shape[0])
         self.state_ = slda_update(state, x, y)
+        self.n_classes_declared_ = declared
         return self
 
     def decision_function(self, x: Any) -> jax.Array:
@@ -187,6 +192,7 @@ class FineTune(_Classifier):
         self._memory_x: np.ndarray | None = None
         self._memory_y = np.zeros((0,), np.int64)
         self._stream_seen = 0
+        self.n_classes_declared_: int | None = None
 
     @property
     def classes_(self) -> int:
@@ -195,12 +201,18 @@ class FineTune(_Classifier):
     def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> FineTune:
         """Train on ``x: (n, d)``, ``y: (n,)`` (and the replay buffer); inputs are checked before any change."""
         dim = None if self.params_ is None else self.params_[("w_hidden" if self.hidden else "w_out")].shape[0]
-        x = np.asarray(check_features(x, dim=dim), np.float32)
-        ids = check_labels(y, classes=None if classes is None else int(classes), n=x.shape[0])
+        classes = self.n_classes_declared_ if classes is None else check_classes(classes)
+        x = check_features(x, dim=dim)
+        with np.errstate(over="ignore"):
+            x32 = np.asarray(x, np.float32)
+        # The head trains in float32: refuse rows that overflow the cast or their squares, as every learner does.
+        check_committed(not overflowing_rows(x32, np.float32).size, lambda: x32, np.float32)
+        x = x32
+        ids = check_labels(y, classes=classes, n=x.shape[0])
         width = max(self.classes_, int(ids.max()) + 1, int(classes or 0))
-        params, opt_state = self.params_, self._opt_state
+        params, opt_state, next_key = self.params_, self._opt_state, self._key
         if params is None:
-            self._key, key = jax.random.split(self._key)
+            next_key, key = jax.random.split(self._key)
             params = _init_head(key, x.shape[1], self.hidden, width)
         if width > params["b_out"].shape[0] or opt_state is None:
             grow = width - params["b_out"].shape[0]
@@ -208,6 +220,7 @@ class FineTune(_Classifier):
                       "b_out": jnp.pad(params["b_out"], (0, grow))}
             opt_state = self.tx.init(params)
         train_x, train_y = x, ids
+        rng_state = self._rng.bit_generator.state
         if self.replay and self._memory_y.size:
             train_x = np.concatenate([x, self._memory_x])
             train_y = np.concatenate([ids, self._memory_y])
@@ -220,7 +233,12 @@ class FineTune(_Classifier):
                 by = np.pad(train_y[idx], (0, pad))
                 weight = np.pad(np.ones(idx.size, np.float32), (0, pad))
                 params, opt_state = self._step(params, opt_state, bx, by, weight)
-        self.params_, self._opt_state = params, opt_state
+        if not all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params)):
+            self._rng.bit_generator.state = rng_state  # nothing of this call may remain
+            raise ValueError("x: training on this batch made the head's parameters non-finite (inputs too large for "
+                             "float32 SGD); the batch was not learned and the model is unchanged -- rescale the inputs")
+        self.params_, self._opt_state, self._key = params, opt_state, next_key
+        self.n_classes_declared_ = classes
         if self.replay:
             self._reservoir_add(x, ids)
         return self

@@ -1,12 +1,13 @@
 """Adversarial inputs against every learning entry point: refused by name, state untouched, next call exact.
 
 The matrix is generated: every entry point that learns from a batch (the ``AnalyticLinear`` estimator on both
-solvers, the functional ``gram_update``/``rls_update``/``sharded_gram_update``, and each continual learner's
-``partial_fit``) x float64/float32 state x a declared or undeclared class count x every mutation of a good batch
-in :func:`mutations`. For each case the call must raise ``ValueError``/``TypeError`` whose message names the
-argument, the state must be bit-identical to before, and the next good batch must give exactly (bit for bit) what
-a learner that never saw the bad call gives. A hypothesis test then draws overflow positions/magnitudes and huge
-labels at random. The float32 recursion beyond its precision is tested on a stream that went NaN before.
+solvers, the functional ``gram_update``/``rls_update``/``sharded_gram_update``, each continual learner's
+``partial_fit`` and the baselines JointRidge, SLDA and FineTune) x float64/float32 state x a declared or
+undeclared class count x every mutation of a good batch in :func:`mutations`. For each case the call must raise
+``ValueError``/``TypeError`` whose message names the argument, the state must be bit-identical to before, and the
+next good batch must give exactly (bit for bit) what a learner that never saw the bad call gives. A hypothesis
+test then draws overflow positions/magnitudes and huge labels at random. The float32 recursion beyond its
+precision is tested on a stream that went NaN before.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from analytic import (
     sharded_gram_update,
 )
 from continual import ACIL, AIR, DSAL, FOAL, GACL
+from continual.baselines import SLDA, FineTune, JointRidge
 
 CLASSES, DIM, N = 5, 12, 16
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -61,8 +63,12 @@ class Estimator(Entry):
 
     def snapshot(self):
         obj = self.obj
-        state = getattr(obj, "state_", None) if hasattr(obj, "state_") else obj.state
-        extra = (getattr(obj, "classes", None), getattr(obj, "n_classes_declared_", None))
+        if isinstance(obj, FineTune):
+            state = (obj.params_, obj._opt_state, obj._key, obj._memory_x, obj._memory_y)
+            extra = (obj._stream_seen, str(obj._rng.bit_generator.state), obj.n_classes_declared_)
+        else:
+            state = getattr(obj, "state_", None) if hasattr(obj, "state_") else obj.state
+            extra = (getattr(obj, "classes", None), getattr(obj, "n_classes_declared_", None))
         return [np.asarray(leaf) for leaf in jax.tree.leaves(state)] + [extra, jax.tree.structure(state)]
 
 
@@ -100,8 +106,14 @@ ENTRIES: dict[str, Callable[[np.dtype], Entry]] = {
     "AIR": lambda dt: Estimator("AIR", dt, lambda: AIR(0.5, dtype=dt)),
     "FOAL": lambda dt: Estimator("FOAL", dt, lambda: FOAL(0.5, projection_dim=48, batch_size=4, dtype=dt),
                                  tokens=True),
+    # the baselines the benchmarks compare against take the same inputs and promise the same
+    "JointRidge": lambda dt: Estimator("JointRidge", dt, lambda: JointRidge(0.5, buffer_size=48, dtype=dt)),
+    "SLDA": lambda dt: Estimator("SLDA", dt, lambda: SLDA(dtype=dt)),
 }
-DENSE_TARGETS = {"AnalyticLinear-gram", "AnalyticLinear-rls", "gram_update", "rls_update", "sharded_gram_update"}
+# FineTune trains in float32 whatever the input dtype: one row, not two.
+FLOAT32_ONLY = {"FineTune": lambda dt: Estimator("FineTune", dt, lambda: FineTune(epochs=1, replay=8, batch_size=8))}
+DENSE_TARGETS = {"AnalyticLinear-gram", "AnalyticLinear-rls", "gram_update", "rls_update", "sharded_gram_update",
+                 "JointRidge"}
 
 
 def good_batch(seed: int, entry: Entry) -> tuple[np.ndarray, np.ndarray]:
@@ -172,16 +184,17 @@ def _assert_same(before: list[Any], after: list[Any], what: str) -> None:
 
 
 def _run_matrix(name: str, dtype: np.dtype, declared: int | None) -> int:
-    probe = ENTRIES[name](dtype)
+    make = ENTRIES.get(name) or FLOAT32_ONLY[name]
+    probe = make(dtype)
     x1, y1 = good_batch(1, probe)
     x2, y2 = good_batch(2, probe)
-    reference = ENTRIES[name](dtype)
+    reference = make(dtype)
     reference.fit(x1, y1, classes=declared)
     reference.fit(x2, y2)
     expected = reference.snapshot()
     count = 0
     for what, bad_x, bad_y, bad_classes, error, argument in mutations(probe, x1, y1, declared):
-        entry = ENTRIES[name](dtype)
+        entry = make(dtype)
         entry.fit(x1, y1, classes=declared)
         before = entry.snapshot()
         with pytest.raises(error) as info:
@@ -204,6 +217,11 @@ def _run_matrix(name: str, dtype: np.dtype, declared: int | None) -> int:
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_adversarial_matrix(name, dtype, declared):
     assert _run_matrix(name, dtype, declared) >= 27
+
+
+@pytest.mark.parametrize("declared", [None, CLASSES], ids=["undeclared", "declared"])
+def test_adversarial_matrix_fine_tune(declared):
+    assert _run_matrix("FineTune", F32, declared) >= 27
 
 
 # -- random overflow and label attacks ---------------------------------------------------------------------------
