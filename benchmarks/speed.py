@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ class Sizes:
     peak_n: int
     repeats: int
     air_max_buffer: int
+    dtypes: tuple[Any, ...] = (np.float64, np.float32)
 
 
 FULL = Sizes((1024, 2048, 4096, 8192), 10_240, 10_240, (256, 512), 1000, (1024, 2048), 10_240,
@@ -276,7 +277,7 @@ def learner_rows(section: str, names: list[str], stream: Stream, buffers: tuple[
     specs = _learners()
     cache: dict[tuple, Any] = {}
     rows = []
-    jobs = [(n, d, dt) for d in buffers for dt in (np.float64, np.float32) for n in names]
+    jobs = [(n, d, dt) for d in buffers for dt in sizes.dtypes for n in names]
     for name, d, dt in tqdm(jobs, desc=f"speed: {section}"):
         spec = specs[name]
         if spec.kind == "air" and d > sizes.air_max_buffer:
@@ -418,7 +419,7 @@ def section_deepafl(sizes: Sizes) -> list[dict[str, Any]]:
     stream = clustered_stream(sizes.deepafl_rows, seed=4)
     rows = []
     for d in sizes.deepafl_dims:
-        for dt in tqdm((np.float64, np.float32), desc=f"speed: deepafl d={d}"):
+        for dt in tqdm(sizes.dtypes, desc=f"speed: deepafl d={d}"):
             x, ev = stream.x.astype(dt), stream.eval_x.astype(dt)
 
             ours = partial(_deepafl_ours, DeepAFL, d, dt, x, stream.labels, ev, stream.classes)
@@ -508,7 +509,7 @@ def section_gram(sizes: Sizes) -> list[dict[str, Any]]:
     rng = np.random.default_rng(6)
     rows = []
     for n, d in sizes.gram_shapes:
-        for dt in tqdm((np.float64, np.float32), desc=f"speed: gram {n}x{d}"):
+        for dt in tqdm(sizes.dtypes, desc=f"speed: gram {n}x{d}"):
             x_np = rng.standard_normal((n, d)).astype(dt)
             x = jnp.asarray(x_np)
             empty = jnp.zeros((n, 0), dt)  # no target columns: the Gram block alone, as NumPy's x.T @ x
@@ -596,6 +597,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     p = parser("speed", __doc__)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--tiny", action="store_true", help="toy sizes for the smoke test (not a measurement)")
+    p.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes of the runs")
     p.add_argument("--learners", default="", help="comma-separated learner names for learners/online (default all)")
     args = p.parse_args(argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -603,16 +605,18 @@ def main(argv: list[str]) -> dict[str, Any]:
     if unknown:
         p.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
+    sizes = replace(sizes, dtypes=tuple(np.dtype(t.strip()).type for t in args.dtypes.split(",") if t.strip()))
     t_start = time.perf_counter()
     peak = {dt: matmul_peak_flops(sizes.peak_n, dt, sizes.repeats) for dt in ("float64", "float32")}
-    peak["summary"] = ", ".join(f"{dt} GEMM peak NumPy {peak[dt]['numpy_flops'] / 1e9:.0f} / XLA "
-                                f"{peak[dt]['xla_flops'] / 1e9:.0f} GF/s" for dt in ("float64", "float32"))
+    peak["summary"] = ", ".join(f"{dt} GEMM ({sizes.peak_n}²) NumPy {peak[dt]['numpy_flops'] / 1e9:.3g} / XLA "
+                                f"{peak[dt]['xla_flops'] / 1e9:.3g} GF/s" for dt in ("float64", "float32"))
     print(peak["summary"], flush=True)
     only = [n.strip() for n in args.learners.split(",") if n.strip()] or None
     rows: list[dict[str, Any]] = []
     for s in sections:
         rows += RUNNERS[s](sizes, only) if s in ("learners", "online") else RUNNERS[s](sizes)
-    figures = {"sizes": sizes.__dict__, "machine_peak": peak, "rows": rows, "goals": goals(rows, sections),
+    sized = {k: [np.dtype(t).name for t in v] if k == "dtypes" else v for k, v in sizes.__dict__.items()}
+    figures = {"sizes": sized, "machine_peak": peak, "rows": rows, "goals": goals(rows, sections),
                "float64_tol": FLOAT64_TOL, "float32_tol": FLOAT32_TOL, "gamma": GAMMA,
                "wall_s": time.perf_counter() - t_start, "sections": sections,
                "commands": {"full": "python -m benchmarks speed", "quick": "python -m benchmarks speed --quick"},
