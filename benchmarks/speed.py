@@ -23,12 +23,13 @@ their own buffer weights, so feature extraction is timed on both sides. Sections
 
 Times exclude compilation: every learner first runs a prefix of the stream with the same shapes twice (first run
 minus second run = the reported compile cost), then the whole stream once. ``markdown_table`` renders the README
-table from the written JSON.
+table from the written JSON (``--render benchmarks/results/speed.json`` prints it again without running).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -599,7 +600,12 @@ def main(argv: list[str]) -> dict[str, Any]:
     p.add_argument("--tiny", action="store_true", help="toy sizes for the smoke test (not a measurement)")
     p.add_argument("--dtypes", default="float64,float32", help="comma-separated dtypes of the runs")
     p.add_argument("--learners", default="", help="comma-separated learner names for learners/online (default all)")
+    p.add_argument("--render", type=Path, help="print markdown_table of an existing speed JSON and exit")
     args = p.parse_args(argv)
+    if args.render is not None:
+        record = json.loads(args.render.read_text())
+        print(markdown_table(record))
+        return record["figures"]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
