@@ -608,7 +608,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         return record["figures"]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
+    if unknown or not sections:
         p.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
     sizes = TINY if args.tiny else QUICK if args.quick else FULL
     sizes = replace(sizes, dtypes=tuple(np.dtype(t.strip()).type for t in args.dtypes.split(",") if t.strip()))
@@ -618,22 +618,25 @@ def main(argv: list[str]) -> dict[str, Any]:
                                 f"{peak[dt]['xla_flops'] / 1e9:.3g} GF/s" for dt in ("float64", "float32"))
     print(peak["summary"], flush=True)
     only = [n.strip() for n in args.learners.split(",") if n.strip()] or None
+    name = "speed_tiny" if args.tiny else "speed_quick" if args.quick else "speed"
+    sized = {k: [np.dtype(t).name for t in v] if k == "dtypes" else v for k, v in sizes.__dict__.items()}
     rows: list[dict[str, Any]] = []
+    done: list[str] = []
     for s in sections:
         rows += RUNNERS[s](sizes, only) if s in ("learners", "online") else RUNNERS[s](sizes)
-    sized = {k: [np.dtype(t).name for t in v] if k == "dtypes" else v for k, v in sizes.__dict__.items()}
-    figures = {"sizes": sized, "machine_peak": peak, "rows": rows, "goals": goals(rows, sections),
-               "float64_tol": FLOAT64_TOL, "float32_tol": FLOAT32_TOL, "gamma": GAMMA,
-               "wall_s": time.perf_counter() - t_start, "sections": sections,
-               "commands": {"full": "python -m benchmarks speed", "quick": "python -m benchmarks speed --quick"},
-               "note": "ratio = NumPy seconds / ours; compile excluded from ours_s and reported as compile_s"}
+        done.append(s)
+        figures = {"sizes": sized, "machine_peak": peak, "rows": rows, "goals": goals(rows, done),
+                   "float64_tol": FLOAT64_TOL, "float32_tol": FLOAT32_TOL, "gamma": GAMMA,
+                   "wall_s": time.perf_counter() - t_start, "sections": done, "complete": done == sections,
+                   "commands": {"full": "python -m benchmarks speed", "quick": "python -m benchmarks speed --quick"},
+                   "note": "ratio = NumPy seconds / ours; compile excluded from ours_s and reported as compile_s"}
+        # Written after every section, so a long run that is interrupted keeps what it measured.
+        path = write_results(name, figures, args.out)
     print()
     print_table([{k: r.get(k) for k in ("section", "learner", "buffer", "batch", "dtype", "ours_s", "compile_s",
                                         "bar", "ratio", "rel_diff", "pass")} for r in rows])
     print()
     print_table(figures["goals"], ["section", "worst", "pass", "goal"])
-    name = "speed_tiny" if args.tiny else "speed_quick" if args.quick else "speed"
-    path = write_results(name, figures, args.out)
     record = {"figures": figures}
     print("\n" + markdown_table(record))
     print(f"\nwrote {path} in {figures['wall_s']:.0f} s")
