@@ -9,10 +9,11 @@ identity ``gram_init``); ``gram_solve`` reads the solution out with one SPD solv
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
@@ -54,11 +55,13 @@ def gram_init(dim: int, classes: int = 0, dtype: Any = None) -> GramStats:
 
 
 def symmetric_gram(x: jax.Array) -> jax.Array:
-    """``XᵀX`` computing only the upper block triangle: ``(k+1)/(2k)`` of a GEMM's flops for ``k`` column panels.
+    """``XᵀX`` in XLA, computing only the upper block triangle: ``(k+1)/(2k)`` of a GEMM's flops for ``k`` panels.
 
     XLA has no SYRK on CPU, so the symmetry is exploited by hand: panel ``i`` is multiplied with panels ``i..k``
     in one GEMM, and the lower triangle is the transpose of the upper one. ``k`` grows with ``d`` (1 below
     1024 columns, where smaller GEMMs would lose more to efficiency than symmetry saves). Traceable; static shapes.
+    The diagonal blocks are plain GEMMs, so the result is symmetric only up to rounding; :func:`gram_accumulate`
+    symmetrizes it.
     """
     d = x.shape[1]
     k = 1 if d < 1024 else (2 if d < 4096 else 4)
@@ -74,23 +77,84 @@ def symmetric_gram(x: jax.Array) -> jax.Array:
     return jnp.block([[upper[i][j] if j >= i else upper[j][i].T for j in range(k)] for i in range(k)])
 
 
-@partial(jax.jit, static_argnames=("compute_dtype",))
+_GramImpl = Literal["auto", "host", "xla"]
+
+# Smallest block (``n·d²``, i.e. the SYRK's multiply-adds) that "auto" sends to the host BLAS: below it the fixed
+# cost of a host callback (argument/result copies, a Python call) exceeds what SYRK saves over XLA's GEMM.
+_HOST_MIN_WORK = 1 << 25
+_HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _host_gram(a: np.ndarray) -> np.ndarray:
+    """``aᵀa`` with the host BLAS (runs on the host, called through :func:`jax.pure_callback`).
+
+    NumPy evaluates ``a.T @ a`` for a C-contiguous ``a`` as one SYRK (half the flops of a GEMM) and mirrors the
+    computed triangle into the other, so the result is exactly symmetric without a symmetrizing pass.
+    """
+    try:
+        # The callback receives a CPU jax.Array; DLPack views its buffer, where np.asarray would copy it again.
+        a = np.from_dlpack(a)
+    except (BufferError, TypeError, AttributeError):
+        a = np.asarray(a)
+    a = np.ascontiguousarray(a)
+    return a.T @ a
+
+
+def _use_host(impl: _GramImpl, x: jax.Array) -> bool:
+    if impl not in ("auto", "host", "xla"):
+        raise ValueError(f"impl must be 'auto', 'host' or 'xla', got {impl!r}")
+    if impl == "xla" or np.dtype(x.dtype) not in _HOST_DTYPES:
+        return False
+    n, d = x.shape
+    return impl == "host" or (jax.default_backend() == "cpu" and n * d * d >= _HOST_MIN_WORK)
+
+
+def _block_products(
+    x: jax.Array, y: jax.Array, acc_dtype: Any, compute_dtype: Any = None, impl: _GramImpl = "xla"
+) -> tuple[jax.Array, jax.Array]:
+    """One block's ``(xᵀx, xᵀy)`` in ``acc_dtype``; ``xᵀx`` exactly symmetric. Traceable; the one place the
+    block products are formed (:func:`gram_accumulate`, :func:`analytic.sharded_gram_update`).
+
+    The products run in ``compute_dtype`` (default ``acc_dtype``) and are cast after the product, so a float32
+    block into float64 accumulators costs float32 flops and carries float32 rounding of each block only.
+    ``impl="xla"`` uses :func:`symmetric_gram` and symmetrizes (valid everywhere: accelerators, ``vmap``,
+    ``shard_map``, autodiff). ``impl="host"`` calls the host BLAS through :func:`jax.pure_callback` (CPU backend
+    only in effect; not differentiable; under ``vmap`` it loops over the batch, ``vmap_method="sequential"``).
+    ``impl="auto"`` is "host" on the CPU backend for blocks of at least ``2**25`` multiply-adds (``n·d²``) in
+    float32/float64, where SYRK beats XLA's GEMM, else "xla". Decided at trace time from
+    :func:`jax.default_backend`.
+    """
+    cd = np.dtype(acc_dtype if compute_dtype is None else compute_dtype)
+    xc, yc = x.astype(cd), y.astype(cd)
+    if _use_host(impl, xc):
+        # One SYRK of [x | y] yields xᵀx and xᵀy in one pass over the rows (plus yᵀy, c² of n·(d+c)² work): a thin
+        # xᵀy GEMM of its own runs far below the SYRK's rate. The slices below fuse into the accumulating add.
+        d, c = xc.shape[1], yc.shape[1]
+        xy = jnp.concatenate([xc, yc], axis=1)
+        g = jax.pure_callback(_host_gram, jax.ShapeDtypeStruct((d + c, d + c), cd), xy, vmap_method="sequential")
+        return g[:d, :d].astype(acc_dtype), g[:d, d:].astype(acc_dtype)
+    xtx = symmetric_gram(xc).astype(acc_dtype)
+    xty = jnp.matmul(xc.T, yc, precision=HIGHEST, preferred_element_type=cd).astype(acc_dtype)
+    # Symmetrize the block, not the sum: keeps XᵀX exactly symmetric whatever the matmul's summation order.
+    return 0.5 * (xtx + xtx.T), xty
+
+
+@partial(jax.jit, static_argnames=("compute_dtype", "impl"))
 def gram_accumulate(
-    stats: GramStats, x: jax.Array, y: jax.Array, rows: Any = None, compute_dtype: Any = None
+    stats: GramStats, x: jax.Array, y: jax.Array, rows: Any = None, compute_dtype: Any = None,
+    impl: _GramImpl = "auto",
 ) -> GramStats:
     """Pure, jittable update ``(XᵀX + xᵀx, XᵀY + xᵀy, n + rows)``; no validation, ``y`` already ``(n, c)``.
 
     ``compute_dtype`` (default: the accumulator's) is the dtype of the block product; a float32 block added into
     float64 accumulators is the fast CPU path (DESIGN.md, Conventions/Speed). ``rows`` is the number of real
-    rows when ``x`` carries zero padding (default: all of them).
+    rows when ``x`` carries zero padding (default: all of them). ``impl`` chooses how the block products are
+    formed (see :func:`_block_products`): the default "auto" uses the host BLAS's SYRK on the CPU backend for
+    large blocks and XLA otherwise; pass ``impl="xla"`` to differentiate through the update or to keep it free
+    of host callbacks. The accumulated ``XᵀX`` stays exactly symmetric on every path.
     """
     acc = stats.xtx.dtype
-    cd = acc if compute_dtype is None else compute_dtype
-    xc, yc = x.astype(cd), y.astype(cd)
-    xtx = symmetric_gram(xc).astype(acc)
-    xty = jnp.matmul(xc.T, yc, precision=HIGHEST, preferred_element_type=cd).astype(acc)
-    # Symmetrize the block, not the sum: keeps XᵀX exactly symmetric whatever the matmul's summation order.
-    xtx = 0.5 * (xtx + xtx.T)
+    xtx, xty = _block_products(x, y, acc, compute_dtype, impl)
     n = x.shape[0] if rows is None else rows
     return GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
 

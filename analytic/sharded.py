@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from analytic.dtypes import HIGHEST, pad_rows
-from analytic.gram import GramStats
+from analytic.dtypes import pad_rows
+from analytic.gram import GramStats, _block_products
 from analytic.health import check_committed, gram_finite
 from analytic.validation import as_targets, check_features
 
@@ -34,8 +34,9 @@ def data_mesh(devices: Any = None, axis_name: str = "data") -> Mesh:
 @partial(jax.jit, static_argnames=("mesh", "axis"))
 def _sharded_block(x: jax.Array, y: jax.Array, mesh: Mesh, axis: str) -> tuple[jax.Array, jax.Array]:
     def local(xs: jax.Array, ys: jax.Array) -> tuple[jax.Array, jax.Array]:
-        xtx = jnp.matmul(xs.T, xs, precision=HIGHEST)
-        xty = jnp.matmul(xs.T, ys, precision=HIGHEST)
+        # The block math of gram_accumulate, always on XLA: a host callback per shard is not wanted across processes
+        # or on accelerators.
+        xtx, xty = _block_products(xs, ys, xs.dtype, impl="xla")
         return jax.lax.psum(xtx, axis), jax.lax.psum(xty, axis)
 
     return jax.shard_map(
@@ -65,6 +66,8 @@ def sharded_gram_update(
     sharding = NamedSharding(mesh, PartitionSpec(axis))
     x, t = jax.device_put(x, sharding), jax.device_put(t, sharding)
     xtx, xty = _sharded_block(x, t, mesh, axis)
+    # Each device's block is exactly symmetric, but an all-reduce may sum entry (i, j) and (j, i) in different
+    # device orders (e.g. a ring reduces each chunk starting elsewhere), so the reduced block is symmetrized again.
     xtx = 0.5 * (xtx + xtx.T)
     new = GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
     # Committed only if finite (a row whose squares overflow is named), like gram_update.

@@ -99,3 +99,82 @@ def test_symmetric_panel_gram_equals_full_product(d):
     np.testing.assert_allclose(g, x.T @ x, rtol=0, atol=1e-13 * np.abs(x.T @ x).max())
     xtx = gram_accumulate(gram_init(d, 1), jnp.asarray(x), jnp.ones((40, 1))).xtx
     assert np.array_equal(xtx, xtx.T)                  # the accumulated Gram is exactly symmetric
+
+
+# Float64 reference tolerance: the host SYRK, XLA's (panel) GEMMs and NumPy's reference sum each entry in different
+# orders and blockings, so entries differ by rounding only, ~sqrt(n)·eps relative to the largest entry; float32
+# blocks carry float32 rounding (eps 6e-8) of each product instead.
+_TOL = {np.float64: 1e-13, np.float32: 1e-5}
+
+
+@pytest.mark.parametrize("dt,acc", [(np.float64, np.float64), (np.float32, np.float32), (np.float32, np.float64)])
+def test_host_and_xla_paths_equal_numpy_reference_and_stay_exactly_symmetric(dt, acc):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((300, 96))
+    y = rng.standard_normal((300, 7))
+    ref_xtx, ref_xty = x.T @ x, x.T @ y
+    start = gram_init(96, 7, acc)
+    start = start._replace(xtx=jnp.asarray(ref_xtx, acc))                   # a non-zero accumulator, still symmetric
+    cd = None if dt == acc else dt
+    out = {impl: gram_accumulate(start, jnp.asarray(x, dt), jnp.asarray(y, dt), None, cd, impl)
+           for impl in ("host", "xla")}
+    for impl, s in out.items():
+        assert s.xtx.dtype == acc and s.xty.dtype == acc, impl
+        assert np.array_equal(s.xtx, s.xtx.T), impl                           # exactly symmetric, both paths
+        np.testing.assert_allclose(s.xtx, 2 * ref_xtx, rtol=0, atol=_TOL[dt] * np.abs(2 * ref_xtx).max())
+        np.testing.assert_allclose(s.xty, ref_xty, rtol=0, atol=_TOL[dt] * np.abs(ref_xty).max())
+    np.testing.assert_allclose(out["host"].xtx, out["xla"].xtx, rtol=0, atol=_TOL[dt] * np.abs(ref_xtx).max())
+
+
+def test_host_path_float32_block_is_cast_after_the_product():
+    # float32 compute into float64 accumulators: the block equals the float32 product cast to float64 (not a
+    # float64 product of float32-rounded inputs, which would be more accurate than float32 compute can be).
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((200, 64)).astype(np.float32)
+    block = (x.T @ x).astype(np.float64)                                     # NumPy's own float32 SYRK, cast
+    s = gram_accumulate(gram_init(64, 1, jnp.float64), jnp.asarray(x), jnp.ones((200, 1), jnp.float32), None,
+                        jnp.float32, "host")
+    assert s.xtx.dtype == jnp.float64
+    exact = x.astype(np.float64).T @ x.astype(np.float64)
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(s.xtx, block, rtol=0, atol=1e-6 * scale)     # float32 rounding of one product
+    assert np.abs(s.xtx - exact).max() > 1e-10 * scale                       # ... and it really ran in float32
+
+
+def test_host_path_padding_rows_are_exact_and_rows_may_be_traced():
+    rng = np.random.default_rng(7)
+    x = rng.integers(-3, 4, (13, 5)).astype(np.float64)
+    y = jax.nn.one_hot(rng.integers(0, 3, 13), 3, dtype=jnp.float64)
+    padded_x, padded_y = jnp.pad(jnp.asarray(x), ((0, 11), (0, 0))), jnp.pad(y, ((0, 11), (0, 0)))
+
+    @jax.jit
+    def step(stats, xb, yb, rows):
+        return gram_accumulate(stats, xb, yb, rows, None, "host")
+
+    a = step(gram_init(5, 3), padded_x, padded_y, jnp.int32(13))
+    b = gram_accumulate(gram_init(5, 3), jnp.asarray(x), y, None, None, "xla")
+    # Small integers: every product and sum is exact in float64, so the paths must agree bit for bit.
+    assert np.array_equal(a.xtx, b.xtx) and np.array_equal(a.xty, b.xty) and np.array_equal(a.xtx, x.T @ x)
+    assert int(a.count) == 13
+
+
+def test_host_path_under_vmap_equals_per_item_results():
+    rng = np.random.default_rng(8)
+    xs, ys = jnp.asarray(rng.standard_normal((3, 40, 16))), jnp.asarray(rng.standard_normal((3, 40, 2)))
+    batched = jax.vmap(lambda x, y: gram_accumulate(gram_init(16, 2), x, y, None, None, "host"))(xs, ys)
+    for i in range(3):
+        one = gram_accumulate(gram_init(16, 2), xs[i], ys[i], None, None, "host")
+        assert np.array_equal(batched.xtx[i], one.xtx) and np.array_equal(batched.xty[i], one.xty)
+
+
+def test_auto_picks_host_blas_for_large_cpu_blocks_and_xla_for_small_ones():
+    def uses_callback(n, d, dtype=jnp.float64):
+        jaxpr = jax.make_jaxpr(lambda s, x, y: gram_accumulate(s, x, y))(
+            gram_init(d, 1, dtype), jnp.zeros((n, d), dtype), jnp.zeros((n, 1), dtype))
+        return "pure_callback" in str(jaxpr)
+
+    assert uses_callback(256, 2048) == (jax.default_backend() == "cpu")
+    assert not uses_callback(64, 16)
+    assert not uses_callback(256, 2048, jnp.bfloat16)                          # NumPy has no bfloat16 BLAS
+    with pytest.raises(ValueError, match="impl must be"):
+        gram_accumulate(gram_init(4, 1), jnp.zeros((8, 4)), jnp.zeros((8, 1)), None, None, "blas")
