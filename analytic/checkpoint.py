@@ -59,9 +59,9 @@ FORMAT_VERSION = 2
 _TMP, _OLD = ".tmp-", ".old-"
 # The only modules load_state ever imports to find a registered type. A fixed list owned by the library, so that
 # no string read from a checkpoint decides what gets imported.
-_STATE_MODULES = ("analytic.gram", "analytic.rls", "analytic.buffers", "continual.acil", "continual.air",
-                  "continual.baselines", "continual.dsal", "continual.foal", "continual.gacl", "federated.afl",
-                  "federated.deepafl")
+_STATE_MODULES = ("analytic.gram", "analytic.rls", "analytic.lazy_solve", "analytic.buffers", "continual.acil",
+                  "continual.air", "continual.baselines", "continual.dsal", "continual.foal", "continual.gacl",
+                  "federated.afl", "federated.deepafl")
 # Leaf dtypes a checkpoint may declare: plain numeric types only (an object dtype would unpickle).
 _DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
                      "bfloat16", "float32", "float64", "complex64", "complex128"})

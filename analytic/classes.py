@@ -9,12 +9,13 @@ import jax.numpy as jnp
 
 from analytic.dtypes import resolve_dtype
 from analytic.gram import GramStats
+from analytic.lazy_solve import RidgeHead
 from analytic.rls import RLSState
 from analytic.validation import check_classes, check_labels
 
 __all__ = ["one_hot", "expand_classes"]
 
-S = TypeVar("S", GramStats, RLSState)
+S = TypeVar("S", GramStats, RLSState, RidgeHead)
 
 
 def one_hot(labels: Any, classes: int, dtype: Any = None) -> jax.Array:
@@ -27,17 +28,23 @@ def one_hot(labels: Any, classes: int, dtype: Any = None) -> jax.Array:
 
 
 def expand_classes(state: S, classes: int) -> S:
-    """Zero-pad the class columns of ``GramStats.xty`` or ``RLSState.weight`` to ``classes``.
+    """Zero-pad the class columns of ``GramStats.xty``, ``RidgeHead.stats.xty`` or ``RLSState.weight`` to ``classes``.
 
-    Padding is exact: a class with no rows yet has a zero column in ``XᵀY`` and hence in ``W`` (METHODS.md,
-    section 1, ``W̃``). Shrinking is refused.
+    Padding is exact: a class with no rows yet has a zero column in ``XᵀY`` and hence in ``W`` (``W̃`` of the
+    recursive update, Zhuang et al., "ACIL", NeurIPS 2022, §3). Shrinking is refused; equal width returns
+    ``state`` itself (no device work, and a cached solve of it stays valid).
     """
+    if isinstance(state, RidgeHead):
+        stats = expand_classes(state.stats, classes)
+        return state if stats is state.stats else state._replace(stats=stats)
     if isinstance(state, GramStats):
         field, current = "xty", state.xty
     elif isinstance(state, RLSState):
         field, current = "weight", state.weight
     else:
-        raise TypeError(f"expand_classes takes GramStats or RLSState, got {type(state).__name__}")
+        raise TypeError(f"expand_classes takes GramStats, RidgeHead or RLSState, got {type(state).__name__}")
     if classes < current.shape[1]:
         raise ValueError(f"expand_classes cannot shrink {current.shape[1]} class columns to {classes}")
+    if classes == current.shape[1]:
+        return state
     return state._replace(**{field: jnp.pad(current, ((0, 0), (0, classes - current.shape[1])))})

@@ -17,13 +17,37 @@ import numpy as np
 from analytic.buffers import GaussianKernelBuffer, RandomBuffer
 from analytic.checkpoint import load_state, save_state
 from analytic.classes import expand_classes
-from analytic.gram import GramStats, gram_init, gram_solve, gram_update
-from analytic.rls import RLSState, rls_init, rls_predict, rls_update
-from analytic.validation import check_classes, check_features, check_gamma, check_labels
+from analytic.dtypes import resolve_dtype
+from analytic.gram import GramStats, gram_accumulate, gram_init, gram_solve
+from analytic.health import RLSHealth, check_committed, gram_finite
+from analytic.rls import RLSState, rls_init, rls_predict, rls_step_checked
+from analytic.validation import check_classes, check_features, check_gamma, check_labels, prepare_batch
 
 __all__ = ["AnalyticLinear"]
 
 Buffer = RandomBuffer | GaussianKernelBuffer
+
+
+def _padded_features(buffer: Buffer | None, x: jax.Array, n: jax.Array, dtype: Any) -> jax.Array:
+    # Rows >= n are padding. A buffer may map a zero row to a non-zero one (a bias, a Gaussian kernel), and a
+    # real row may have all-zero dense targets, so padding is masked by position, not by value.
+    feats = x.astype(dtype) if buffer is None else buffer(x).astype(dtype)
+    return jnp.where((jnp.arange(x.shape[0]) < n)[:, None], feats, 0.0)
+
+
+@jax.jit
+def _gram_step(
+    buffer: Buffer | None, stats: GramStats, x: jax.Array, targets: jax.Array, n: jax.Array
+) -> tuple[GramStats, jax.Array]:
+    new = gram_accumulate(stats, _padded_features(buffer, x, n, stats.xtx.dtype), targets, n)
+    return new, gram_finite(new.xtx, new.xty)
+
+
+@jax.jit
+def _rls_step(
+    buffer: Buffer | None, state: RLSState, x: jax.Array, targets: jax.Array, n: jax.Array
+) -> tuple[RLSState, RLSHealth]:
+    return rls_step_checked(state, _padded_features(buffer, x, n, state.weight.dtype), targets)
 
 
 class AnalyticLinear:
@@ -59,26 +83,43 @@ class AnalyticLinear:
         x = check_features(x, dim=dim)
         return self.buffer(x) if self.buffer is not None else x
 
+    def _input_dim(self) -> int | None:
+        if self.buffer is None:
+            return None if self.state_ is None else self.state_.dim
+        return self.buffer.in_dim if isinstance(self.buffer, RandomBuffer) else self.buffer.centers.shape[1]
+
     def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> AnalyticLinear:
         """Add a batch ``x: (n, d)`` with class ids ``y: (n,)`` (or dense targets ``(n, c)``).
 
         ``classes`` (optional, sklearn's convention) declares the total class count on the first call. A call that
-        raises leaves the estimator exactly as it was.
+        raises leaves the estimator exactly as it was. The batch is validated, padded and encoded once
+        (:func:`analytic.validation.prepare_batch`); buffer and update then run as one compiled step, and the
+        batch is committed only if the new statistics are sound (one scalar read, :mod:`analytic.health`).
         """
         declared = self.classes if classes is None else check_classes(classes)
         if declared is not None and self.state_ is not None and declared < self.state_.classes:
             raise ValueError(f"classes declares {declared} classes but the estimator already has "
                              f"{self.state_.classes} class columns")
-        feats = self._features(x)
+        width = self.state_.classes if self.state_ is not None else (declared or 0)
+        dt = resolve_dtype(self.dtype if self.state_ is None else self.state_[0].dtype)
+        batch = prepare_batch(x, y, dim=self._input_dim(), classes=max(width, declared or 0), declared=declared,
+                              dtype=dt)
         state = self.state_
         if state is None:
-            dim = feats.shape[1]
-            state = (gram_init(dim, declared or 0, self.dtype) if self.solver == "gram"
-                     else rls_init(dim, declared or 0, self.gamma, self.dtype))
-        elif declared is not None and declared > state.classes:
-            state = expand_classes(state, declared)
-        state = (gram_update(state, feats, y, classes=declared) if self.solver == "gram"
-                 else rls_update(state, feats, y, classes=declared))
+            dim = batch.x.shape[1] if self.buffer is None else (
+                self.buffer.out_dim if isinstance(self.buffer, RandomBuffer) else self.buffer.centers.shape[0])
+            state = (gram_init(dim, 0, dt) if self.solver == "gram" else rls_init(dim, 0, self.gamma, dt))
+        state = expand_classes(state, batch.width)
+        n = jnp.int32(batch.n)
+        if isinstance(state, GramStats):
+            state, ok = _gram_step(self.buffer, state, batch.x, batch.targets, n)
+            health = None
+        else:
+            state, health = _rls_step(self.buffer, state, batch.x, batch.targets, n)
+            ok = health.ok
+        feats = batch.host_x if self.buffer is None else None
+        check_committed(ok, lambda: feats if feats is not None else self.buffer(jnp.asarray(batch.host_x)), dt,
+                        health=health)
         self.state_, self.classes, self._coef = state, declared, None
         return self
 

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from analytic.checkpoint import register_checkpoint_type
-from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, check_committed, rls_health
-from analytic.validation import as_targets, check_features, check_gamma
+from analytic.validation import check_gamma, prepare_batch
 
 __all__ = ["RLSState", "rls_init", "rls_update", "rls_step", "rls_step_checked", "rls_predict"]
 
@@ -104,14 +104,12 @@ def rls_update(state: RLSState, x: Any, y: Any, classes: int | None = None) -> R
     error leaves ``state`` usable and unchanged. Rows are zero-padded to a :func:`~analytic.dtypes.row_bucket`
     size (exact) to bound recompilation.
     """
-    x = check_features(x, dim=state.dim)
-    t, width = as_targets(y, x.shape[0], state.classes, state.weight.dtype, declared=classes)
+    batch = prepare_batch(x, y, dim=state.dim, classes=state.classes, declared=classes, dtype=state.weight.dtype)
     grown = state
-    if width > state.classes:
-        grown = state._replace(weight=jnp.pad(state.weight, ((0, 0), (0, width - state.classes))))
-    rows = row_bucket(x.shape[0])
-    new, health = rls_step_checked(grown, pad_rows(x, rows), pad_rows(t, rows))
-    check_committed(health.ok, lambda: x, state.weight.dtype, health=health)
+    if batch.width > state.classes:
+        grown = state._replace(weight=jnp.pad(state.weight, ((0, 0), (0, batch.width - state.classes))))
+    new, health = rls_step_checked(grown, batch.x, batch.targets)
+    check_committed(health.ok, lambda: batch.host_x, state.weight.dtype, health=health)
     return new
 
 

@@ -8,7 +8,7 @@ learner's state. Checks run on the host: they may force a device sync, which is 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,8 @@ import numpy as np
 
 __all__ = [
     "MAX_UNDECLARED_CLASSES", "MAX_DECLARED_CLASSES", "check_features", "check_labels", "check_targets",
-    "check_gamma", "check_classes", "as_targets",
+    "check_gamma", "check_classes", "as_targets", "PreparedBatch", "prepare_batch", "check_feature_layout",
+    "check_finite_entries",
 ]
 
 #: Largest class count a model may grow to from its labels alone. Labels are one-hot encoded, so a single id of
@@ -41,6 +42,13 @@ def check_features(x: Any, name: str = "x", dim: int | None = None, allow_empty:
     Raises ``TypeError`` for non-floating dtypes (integer, boolean, complex, object) and ``ValueError`` for a rank
     other than 2, a width other than ``dim``, an empty batch (unless ``allow_empty``) or NaN/inf entries.
     """
+    x = check_feature_layout(x, name, dim, allow_empty)
+    check_finite_entries(x, name)
+    return jnp.asarray(x)
+
+
+def check_feature_layout(x: Any, name: str, dim: int | None, allow_empty: bool) -> Any:
+    """Dtype, rank, width and emptiness checks of :func:`check_features`; returns ``x`` (host arrays stay host)."""
     if not hasattr(x, "dtype"):
         try:
             x = np.asarray(x)
@@ -59,11 +67,29 @@ def check_features(x: Any, name: str = "x", dim: int | None = None, allow_empty:
         raise ValueError(f"{name} has {d} features (shape {_shape_str(x)}) but {dim} were expected")
     if n == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {_shape_str(x)})")
-    x = jnp.asarray(x)
-    if not _is_tracer(x) and n and not bool(jnp.isfinite(x).all()):
-        bad = int(jnp.size(x) - jnp.isfinite(x).sum())
-        raise ValueError(f"{name} contains {bad} NaN/inf entries (shape {_shape_str(x)})")
     return x
+
+
+def check_finite_entries(x: Any, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``x`` has NaN/inf entries (tracers are skipped).
+
+    Host (NumPy) arrays are checked on the host: no transfer and no device round trip just to read one flag.
+    """
+    if _is_tracer(x) or not np.size(x):
+        return
+    finite = np.isfinite(x) if isinstance(x, np.ndarray) else jnp.isfinite(x)
+    if not bool(finite.all()):
+        bad = int(np.size(x) - int(finite.sum()))
+        raise ValueError(f"{name} contains {bad} NaN/inf entries (shape {_shape_str(x)})")
+
+
+def _host_features(x: Any, name: str, dim: int | None, validate: bool) -> np.ndarray | jax.Array:
+    """``x`` validated like :func:`check_features` (any rank when ``validate`` is off), not yet transferred."""
+    if not validate:
+        return x if hasattr(x, "dtype") else np.asarray(x)
+    x = check_feature_layout(x, name, dim, allow_empty=False)
+    check_finite_entries(x, name)
+    return x if isinstance(x, np.ndarray) else jnp.asarray(x)
 
 
 def check_labels(labels: Any, name: str = "y", classes: int | None = None, n: int | None = None) -> np.ndarray:
@@ -149,6 +175,65 @@ def as_targets(
     if t.shape[1] < width:
         t = jnp.pad(t, ((0, 0), (0, width - t.shape[1])))
     return t, width
+
+
+class PreparedBatch(NamedTuple):
+    """A validated batch, padded and encoded once, ready for any jitted step.
+
+    Attributes:
+      x: ``(rows, ...)`` features zero-padded to ``rows = row_bucket(n)`` (device array, the caller's dtype).
+      targets: ``(rows, width)`` targets in the state's dtype: one-hot rows for class ids, zero rows for padding.
+      labels: ``(n,)`` host ``int64`` class ids, or ``None`` for dense targets.
+      n: number of real rows.
+      width: class columns the state must have for this batch (``max(classes, max id + 1)`` or the target width).
+      host_x: the unpadded features as given (host or device), for error messages on the failure path only.
+    """
+
+    x: jax.Array
+    targets: jax.Array
+    labels: np.ndarray | None
+    n: int
+    width: int
+    host_x: Any
+
+
+def prepare_batch(
+    x: Any, y: Any, *, dim: int | None, classes: int | None, declared: int | None = None, dtype: Any = None,
+    name: str = "x", validate: bool = True, rows: int | None = None,
+) -> PreparedBatch:
+    """Validate ``x``/``y`` once, pad the rows to :func:`analytic.dtypes.row_bucket` and one-hot the labels.
+
+    The single batch path of every learner: ``x: (n, d)`` features (``validate=False``: any rank, already checked
+    by the caller, e.g. F-OAL's ``(n, L, D)`` tokens), ``y``: class ids ``(n,)`` or dense targets ``(n, c')``.
+    ``classes`` is the state's current width, ``declared`` a declared class count (ids ``>= declared`` are refused,
+    :func:`as_targets`). For host (NumPy) input, every check, the padding and the one-hot encoding run in NumPy and
+    each array crosses to the device once; device input is padded on the device. Zero padding is exact for every
+    statistic of this library (module docstring of :mod:`analytic.dtypes`). ``rows`` overrides the padded size.
+    """
+    from analytic.dtypes import resolve_dtype, row_bucket
+
+    dt = resolve_dtype(dtype)
+    feats = _host_features(x, name, dim, validate)
+    n = int(np.shape(feats)[0])
+    rows = row_bucket(n) if rows is None else max(int(rows), n)
+    declared = check_classes(declared)
+    if np.ndim(y) == 1:
+        labels = check_labels(y, name="y", n=n, classes=declared)
+        width = max(classes or 0, int(labels.max()) + 1)
+        targets = np.zeros((rows, width), dt)
+        targets[np.arange(n), labels] = 1.0
+        targets = jnp.asarray(targets)
+    else:
+        labels = None
+        dense, width = as_targets(y, n, classes, dt, declared=declared)
+        targets = jnp.pad(dense, ((0, rows - n), (0, 0))) if rows > n else dense
+    if isinstance(feats, np.ndarray):
+        padded = np.zeros((rows,) + feats.shape[1:], feats.dtype)
+        padded[:n] = feats
+        device_x = jnp.asarray(padded)
+    else:
+        device_x = jnp.pad(feats, ((0, rows - n),) + ((0, 0),) * (feats.ndim - 1)) if rows > n else feats
+    return PreparedBatch(device_x, targets, labels, n, width, feats)
 
 
 def check_gamma(gamma: Any, name: str = "gamma") -> float:
