@@ -3,6 +3,10 @@
 Each learner module defines pure ``init/update/predict`` functions over a NamedTuple state; its class subclasses
 :class:`ContinualClassifier`, which validates input at the boundary, calls those functions and replaces
 ``self.state`` only after an update has succeeded -- so a call that raises leaves the learner exactly as it was.
+
+One batch path: ``partial_fit`` validates the batch once and hands the learner's ``update`` an
+:class:`analytic.validation.PreparedBatch` (rows padded to :func:`analytic.row_bucket`, labels one-hot, one
+host-to-device transfer per array); ``update`` validates only raw arrays from direct functional calls.
 """
 
 from __future__ import annotations
@@ -16,9 +20,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import load_state, row_bucket, save_state
+from analytic import load_state, save_state
 from analytic.checkpoint import CheckpointError, check_like
-from analytic.validation import MAX_DECLARED_CLASSES, check_classes, check_features, check_labels
+from analytic.validation import (
+    MAX_DECLARED_CLASSES,
+    PreparedBatch,
+    check_classes,
+    check_feature_layout,
+    check_features,
+    check_finite_entries,
+    check_labels,
+    prepare_batch,
+)
+
+#: Solvers of the learners' heads: additive statistics solved lazily on read, or the Woodbury recursion.
+SOLVERS = ("gram", "rls")
 
 
 def declared_classes(classes: int | Sequence[int] | np.ndarray | None, name: str = "classes") -> int | None:
@@ -38,19 +54,23 @@ def seen_mask(labels: np.ndarray, width: int) -> np.ndarray:
     return mask
 
 
-def padded_batch(x: Any, labels: np.ndarray, width: int, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    """Host-side: zero-pad ``x: (n, ...)`` to a :func:`analytic.row_bucket` row count and one-hot ``labels``.
+def check_solver(solver: str) -> str:
+    """``solver`` must be one of :data:`SOLVERS`."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    return solver
 
-    Padded rows have all-zero targets, which is how the jitted steps recognise them (:func:`real_rows`). Doing this
-    in NumPy keeps each update to one compiled program per (bucket, width) instead of one per batch size.
-    """
-    x = np.asarray(x)
-    n, rows = x.shape[0], row_bucket(x.shape[0])
-    x_pad = np.zeros((rows,) + x.shape[1:], x.dtype)
-    x_pad[:n] = x
-    targets = np.zeros((rows, width), np.dtype(dtype))
-    targets[np.arange(n), labels] = 1.0
-    return jnp.asarray(x_pad), jnp.asarray(targets)
+
+def as_batch(
+    x: Any, y: Any, *, dim: int, classes: int, dtype: Any, name: str = "x", validate: bool = True
+) -> PreparedBatch:
+    """``x`` itself if it is already a :class:`~analytic.validation.PreparedBatch`, else ``(x, y)`` validated and
+    prepared by :func:`analytic.validation.prepare_batch` (class ids only: the learners take no dense targets)."""
+    if isinstance(x, PreparedBatch):
+        return x
+    if np.ndim(y) != 1:
+        check_labels(y, n=np.shape(x)[0] if np.ndim(x) else None)  # raises the 1-D class-id error
+    return prepare_batch(x, y, dim=dim, classes=classes, dtype=dtype, name=name, validate=validate)
 
 
 def real_rows(features: jax.Array, targets: jax.Array) -> jax.Array:
@@ -80,6 +100,8 @@ class ContinualClassifier:
 
     _module: ClassVar[Any]
     _update_options: ClassVar[tuple[str, ...]] = ()
+    #: Constructor arguments a checkpoint written before they existed implicitly used.
+    _legacy_params: ClassVar[dict[str, Any]] = {}
     state: Any
 
     def __init__(self, **params: Any) -> None:
@@ -100,11 +122,17 @@ class ContinualClassifier:
         params = {k: v for k, v in self.get_params().items() if k not in self._update_options}
         return self._module.init(in_dim, classes, **params)
 
-    def _update(self, state: Any, x: jax.Array, y: np.ndarray) -> Any:
-        return self._module.update(state, x, y, **{k: getattr(self, k) for k in self._update_options})
+    def _update(self, state: Any, batch: PreparedBatch) -> Any:
+        return self._module.update(state, batch, None, **{k: getattr(self, k) for k in self._update_options})
 
     def _check_x(self, x: Any, name: str = "x") -> jax.Array:
         return check_features(x, name=name, dim=None if self.state is None else self.n_features_in_)
+
+    def _check_x_host(self, x: Any, name: str = "x") -> Any:
+        """:meth:`_check_x` without the transfer: host input stays on the host until :func:`prepare_batch`."""
+        x = check_feature_layout(x, name, None if self.state is None else self.n_features_in_, allow_empty=False)
+        check_finite_entries(x, name)
+        return x
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[1]
@@ -127,10 +155,12 @@ class ContinualClassifier:
         if declared is not None and self.state is not None and declared < self._module.num_classes(self.state):
             raise ValueError(f"classes declares {declared} classes but the learner already has "
                              f"{self._module.num_classes(self.state)} class columns")
-        x = self._check_x(x)
+        x = self._check_x_host(x)
         labels = check_labels(y, classes=declared, n=x.shape[0])
         state = self.state if self.state is not None else self._init_state(self._input_width(x), declared or 0)
-        new_state = self._update(state, x, labels)
+        batch = prepare_batch(x, labels, dim=None, classes=self._module.num_classes(state),
+                              dtype=self._module.state_dtype(state), validate=False)
+        new_state = self._update(state, batch)
         # Only now does the learner change: any exception above left it untouched.
         self.state, self.n_classes_declared_ = new_state, declared
         return self
@@ -184,6 +214,9 @@ class ContinualClassifier:
         params, declared = metadata.get("params"), metadata.get("n_classes_declared")
         if set(metadata) != {"learner", "params", "n_classes_declared"} or not isinstance(params, dict):
             raise CheckpointError(f"{where}: metadata keys {sorted(metadata)} are not those {cls.__name__}.save writes")
+        # Checkpoints written before an option existed were written with its legacy value (e.g. the Woodbury
+        # head before `solver` was added); the state structure check below still verifies that.
+        params = {**cls._legacy_params, **params}
         if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared <= 0):
             raise CheckpointError(f"{where}: n_classes_declared={declared!r} is not a positive integer or null")
         try:

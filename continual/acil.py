@@ -2,10 +2,15 @@
 
 Zhuang et al., "ACIL: Analytic Class-Incremental Learning with Absolute Memorization and Privacy Protection",
 NeurIPS 2022; METHODS.md section 2. A frozen backbone's features pass through a fixed random buffer
-``φ(x) = relu(x A)`` and a ridge head is learned recursively, phase after phase: the Woodbury updates of ``R``
-and ``W`` (equations (10) and (9) as the authors' code numbers them), computed by :func:`analytic.rls_step`. After
-every phase ``W`` equals the joint ridge solution on the buffered features of all data seen so far, whatever the
-order of phases or classes.
+``φ(x) = relu(x A)`` and a ridge head is learned phase after phase. After every phase ``W`` equals the joint ridge
+solution ``(ΦᵀΦ + γI)⁻¹ ΦᵀY`` on the buffered features of all data seen so far, whatever the order of phases or
+classes (absolute memorization, §3), so the head can be kept in either of two exact forms (``solver``):
+
+* ``"gram"`` (default): additive statistics ``(ΦᵀΦ, ΦᵀY)`` accumulated per batch (:func:`analytic.gram_accumulate`,
+  about half the flops of a Woodbury step) and solved once per read (:class:`analytic.lazy_solve.RidgeHead`, the
+  solve cached until the next update). ACIL reads ``W`` once per phase, so this is the cheaper path.
+* ``"rls"``: the Woodbury updates of ``R`` and ``W`` (equations (10) and (9) as the authors' code numbers them,
+  :func:`analytic.rls_step_checked`), for callers that need ``W`` after every batch.
 
 Authors' settings (METHODS.md 2b): float64, no bias, ``buffer_init="torch_linear"`` (``nn.Linear``'s default
 ``U(±1/√d)``), γ = 0.1, buffer 8192 for CIFAR-100.
@@ -17,13 +22,15 @@ import sys
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
-from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_predict, rls_step_checked
+from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
 from analytic.checkpoint import register_checkpoint_type
-from analytic.dtypes import resolve_dtype
+from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, check_committed
-from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, padded_batch, real_rows
+from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
+from analytic.validation import check_features, check_gamma
+from continual._wrapper import ContinualClassifier, as_batch, check_solver, real_rows
 
 __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
 
@@ -31,21 +38,23 @@ __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
 @register_checkpoint_type
 class ACILState(NamedTuple):
     """Attributes: ``buffer`` -- the fixed :class:`analytic.RandomBuffer` (``in_dim -> buffer_size``);
-    ``head`` -- :class:`analytic.RLSState` with ``weight (buffer_size, c)`` and ``inv_autocorr (buffer_size,)*2``."""
+    ``head`` -- :class:`analytic.lazy_solve.RidgeHead` (``solver="gram"``) or :class:`analytic.RLSState`
+    (``solver="rls"``: ``weight (buffer_size, c)``, ``inv_autocorr (buffer_size,)*2``); both have ``.weight``."""
 
     buffer: RandomBuffer
-    head: RLSState
+    head: RidgeHead | RLSState
 
 
 def init(
     in_dim: int, classes: int = 0, gamma: float = 0.1, *, buffer_size: int = 8192, activation: str = "relu",
-    buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+    buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
 ) -> ACILState:
-    """Buffer of width ``buffer_size`` and an empty head (``W₀ = 0``, ``R₀ = I/γ``)."""
+    """Buffer of width ``buffer_size`` and an empty head (``W₀ = 0``; ``R₀ = I/γ`` for ``solver="rls"``)."""
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
     buffer = RandomBuffer(in_dim, buffer_size, activation, seed, buffer_init, dtype=dt)
-    return ACILState(buffer, rls_init(buffer_size, classes, gamma, dt))
+    head = (head_init if check_solver(solver) == "gram" else rls_init)(buffer_size, classes, gamma, dt)
+    return ACILState(buffer, head)
 
 
 def input_dim(state: ACILState) -> int:
@@ -56,42 +65,66 @@ def num_classes(state: ACILState) -> int:
     return state.head.classes
 
 
-def update(state: ACILState, x: Any, y: Any) -> ACILState:
-    """Learn a batch or phase: ``x: (n, in_dim)``, class ids ``y: (n,)`` (new ids add head columns)."""
-    x = check_features(x, dim=input_dim(state))
-    labels = check_labels(y, n=x.shape[0])
-    head = expand_classes(state.head, max(num_classes(state), int(labels.max()) + 1))
-    x_pad, targets = padded_batch(x, labels, head.classes, head.weight.dtype)
-    head, health = _step(state.buffer, head, x_pad, targets)
-    # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was.
-    check_committed(health.ok, lambda: state.buffer(x), head.weight.dtype, what="buffered features", health=health)
+def state_dtype(state: ACILState) -> Any:
+    return state.buffer.weight.dtype
+
+
+def update(state: ACILState, x: Any, y: Any = None) -> ACILState:
+    """Learn a batch or phase: ``x: (n, in_dim)`` and class ids ``y: (n,)`` (new ids add head columns), or a
+    :class:`~analytic.validation.PreparedBatch` as ``x`` (``y`` unused; what the class wrapper passes)."""
+    batch = as_batch(x, y, dim=input_dim(state), classes=num_classes(state), dtype=state_dtype(state))
+    head = expand_classes(state.head, batch.width)
+    if isinstance(head, RidgeHead):
+        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, jnp.int32(batch.n))
+        health = None
+    else:
+        head, health = _rls_step(state.buffer, head, batch.x, batch.targets)
+        ok = health.ok
+    # Committed only if sound (one scalar read): an overflowing row or a broken recursion raises and `state`
+    # stays as it was.
+    check_committed(ok, lambda: state.buffer(jnp.asarray(batch.host_x)), state_dtype(state),
+                    what="buffered features", health=health)
     return state._replace(head=head)
 
 
 @jax.jit
-def _step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
-    # Buffer then the core's Woodbury step, one compiled program per (row bucket, width).
+def _gram_step(
+    buffer: RandomBuffer, head: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array
+) -> tuple[RidgeHead, jax.Array]:
+    # Buffer then the core's accumulation and finite check, one compiled program per (row bucket, width).
+    return head_accumulate(head, real_rows(buffer(x), targets), targets, rows)
+
+
+@jax.jit
+def _rls_step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
     return rls_step_checked(head, real_rows(buffer(x), targets), targets)
 
 
 def predict(state: ACILState, x: Any) -> jax.Array:
-    """Logits ``φ(x) W: (n, c)``."""
+    """Logits ``φ(x) W: (n, c)`` (a ``"gram"`` head is solved on its first read, then cached)."""
     x = check_features(x, dim=input_dim(state))
-    return rls_predict(state.head, state.buffer(x))
+    return _logits(state.buffer, state.head.weight, x)
+
+
+@jax.jit
+def _logits(buffer: RandomBuffer, weight: jax.Array, x: jax.Array) -> jax.Array:
+    return jnp.matmul(buffer(x), weight, precision=HIGHEST)
 
 
 class ACIL(ContinualClassifier):
     """ACIL with scikit-learn verbs. ``partial_fit`` = one phase (or one mini-batch: the result is the same)."""
 
     _module = sys.modules[__name__]
+    _legacy_params = {"solver": "rls"}
 
     def __init__(
         self, gamma: float = 0.1, *, buffer_size: int = 8192, activation: str = "relu", buffer_init: str = "normal",
-        seed: int = 0, dtype: Any = None,
+        seed: int = 0, dtype: Any = None, solver: str = "gram",
     ) -> None:
         check_gamma(gamma)
+        check_solver(solver)
         super().__init__(gamma=gamma, buffer_size=buffer_size, activation=activation, buffer_init=buffer_init,
-                         seed=seed, dtype=dtype)
+                         seed=seed, dtype=dtype, solver=solver)
 
     @property
     def coef_(self) -> jax.Array:

@@ -1,8 +1,7 @@
 """DS-AL: dual-stream analytic learning for exemplar-free class-incremental learning.
 
 Zhuang et al., "DS-AL: A Dual-Stream Analytic Learning for Exemplar-Free Class-Incremental Learning", AAAI 2024;
-METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge heads learned by the same
-recursion (:func:`analytic.rls_step`):
+METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge heads:
 
 * main stream: ``X_M = relu(Z)``, ``W_M`` = joint ridge on all data seen (C-RLS, γ_main);
 * compensation stream: ``X_C = tanh(Z)`` (any other activation), fit to the main stream's residual
@@ -16,6 +15,13 @@ on compensation features against the cleansed residuals of all phases. ``cleansi
 repository (METHODS.md 2b): per mini-batch of ``batch_size`` rows, the residual uses the main weights right after
 that batch and keeps only the last ``new_classes`` columns of the current width (``max label + 1``) -- which
 equals the paper only when each phase's class ids are the contiguous block above all earlier ones.
+
+Heads (``solver``). Both streams are joint ridge problems, so under the paper's cleansing every quantity is
+additive: ``solver="gram"`` (the default with ``cleansing="paper"``) accumulates the main stream's statistics over
+the phase, solves ``W_M`` once at its end (:func:`analytic.lazy_solve.head_weights`), then accumulates the
+compensation statistics ``(X_Cᵀ X_C, X_Cᵀ Ỹ)`` on the cleansed residual -- about half the flops of two Woodbury
+passes, and exact. ``cleansing="authors"`` needs ``W_M`` after every mini-batch, so it runs the Woodbury
+recursion (:func:`analytic.rls_step_checked`, ``solver="rls"``, its default).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ from analytic.buffers import ACTIVATIONS
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health
-from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, grow_mask, padded_batch, real_rows, seen_mask
+from analytic.lazy_solve import RidgeHead, head_accumulate, head_init, head_weights
+from analytic.validation import check_features, check_gamma, prepare_batch
+from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, real_rows, seen_mask
 
 __all__ = ["StreamActivations", "DSALState", "init", "update", "predict", "DSAL"]
 
@@ -64,15 +71,16 @@ class DSALState(NamedTuple):
     """Attributes:
       projection: shared :class:`analytic.RandomBuffer` with identity activation, ``in_dim -> buffer_size``.
       activations: :class:`StreamActivations`.
-      main, comp: :class:`analytic.RLSState` of the two streams, ``weight (buffer_size, c)``.
+      main, comp: the two streams' heads, :class:`analytic.lazy_solve.RidgeHead` (``solver="gram"``) or
+        :class:`analytic.RLSState` (``solver="rls"``); ``.weight`` is ``(buffer_size, c)`` for both.
       seen: ``(c,)`` boolean, classes learned in earlier phases.
       compensation_ratio: ``C`` (scalar array).
     """
 
     projection: RandomBuffer
     activations: StreamActivations
-    main: RLSState
-    comp: RLSState
+    main: RidgeHead | RLSState
+    comp: RidgeHead | RLSState
     seen: jax.Array
     compensation_ratio: jax.Array
 
@@ -95,13 +103,15 @@ def init(
     in_dim: int, classes: int = 0, gamma_main: float = 0.1, gamma_comp: float = 0.1, *,
     compensation_ratio: float = 0.6, buffer_size: int = 8192, activation_main: str = "relu",
     activation_comp: str = "tanh", buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+    solver: str = "gram",
 ) -> DSALState:
-    """Shared projection and two empty heads (``R₀ = I/γ`` each)."""
+    """Shared projection and two empty heads (``W₀ = 0``; ``R₀ = I/γ`` each for ``solver="rls"``)."""
     check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp)
     dt = resolve_dtype(dtype)
     projection = RandomBuffer(in_dim, buffer_size, "identity", seed, buffer_init, dtype=dt)
-    main = rls_init(buffer_size, classes, gamma_main, dt)
-    comp = rls_init(buffer_size, classes, gamma_comp, dt)
+    make = head_init if check_solver(solver) == "gram" else rls_init
+    main = make(buffer_size, classes, gamma_main, dt)
+    comp = make(buffer_size, classes, gamma_comp, dt)
     activations = StreamActivations(activation_main, activation_comp)
     ratio = jnp.asarray(compensation_ratio, dt)
     return DSALState(projection, activations, main, comp, jnp.zeros((classes,), bool), ratio)
@@ -115,16 +125,24 @@ def num_classes(state: DSALState) -> int:
     return state.main.classes
 
 
+def state_dtype(state: DSALState) -> Any:
+    return state.projection.weight.dtype
+
+
 def stream_features(state: DSALState, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(X_M, X_C) = (σ_M(x A), σ_C(x A))``."""
     z = state.projection(x)
     return ACTIVATIONS[state.activations.main](z), ACTIVATIONS[state.activations.comp](z)
 
 
-@jax.jit
-def cleansed_residual(main: RLSState, x_main: jax.Array, targets: jax.Array, keep: jax.Array) -> jax.Array:
+def cleansed_residual(main: RidgeHead | RLSState, x_main: jax.Array, targets: jax.Array, keep: jax.Array) -> jax.Array:
     """``(Y − X_M W_M)`` with the columns outside ``keep: (c,)`` zeroed (previous-label cleansing)."""
-    residual = targets - jnp.matmul(x_main.astype(main.weight.dtype), main.weight, precision=HIGHEST)
+    return _cleansed(main.weight, x_main, targets, jnp.asarray(keep))
+
+
+@jax.jit
+def _cleansed(w_main: jax.Array, x_main: jax.Array, targets: jax.Array, keep: jax.Array) -> jax.Array:
+    residual = targets - jnp.matmul(x_main.astype(w_main.dtype), w_main, precision=HIGHEST)
     return jnp.where(keep[None, :], residual, 0.0)
 
 
@@ -139,55 +157,97 @@ def _comp_step(
 ) -> tuple[RLSState, RLSHealth]:
     x_main, x_comp = (real_rows(f, targets) for f in stream_features(state, x))
     # Padded rows have zero targets and zero features, hence a zero residual: they still add nothing.
-    return rls_step_checked(comp, x_comp, cleansed_residual(main, x_main, targets, keep))
+    return rls_step_checked(comp, x_comp, _cleansed(main.weight, x_main, targets, keep))
+
+
+@jax.jit
+def _main_gram(
+    state: DSALState, main: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array
+) -> tuple[RidgeHead, jax.Array]:
+    return head_accumulate(main, real_rows(stream_features(state, x)[0], targets), targets, rows)
+
+
+@jax.jit
+def _comp_gram(
+    state: DSALState, w_main: jax.Array, comp: RidgeHead, x: jax.Array, targets: jax.Array, keep: jax.Array,
+    rows: jax.Array,
+) -> tuple[RidgeHead, jax.Array]:
+    x_main, x_comp = (real_rows(f, targets) for f in stream_features(state, x))
+    return head_accumulate(comp, x_comp, _cleansed(w_main, x_main, targets, keep), rows)
 
 
 def update(
-    state: DSALState, x: Any, y: Any, *, cleansing: str = "paper", batch_size: int | None = None,
+    state: DSALState, x: Any, y: Any = None, *, cleansing: str = "paper", batch_size: int | None = None,
     new_classes: int | None = None,
 ) -> DSALState:
-    """Learn one phase ``x: (n, in_dim)``, class ids ``y: (n,)``, in mini-batches of ``batch_size`` rows.
+    """Learn one phase ``x: (n, in_dim)``, class ids ``y: (n,)`` (or a prepared batch as ``x``), in mini-batches of
+    ``batch_size`` rows.
 
     ``new_classes`` (``cleansing="authors"`` only) is the repository's ``increase_size``; default: the number of
     classes in ``y`` not seen in earlier phases.
     """
     if cleansing not in CLEANSING:
         raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
-    x = check_features(x, dim=input_dim(state))
-    labels = check_labels(y, n=x.shape[0])
+    gram = isinstance(state.main, RidgeHead)
+    if gram and cleansing == "authors":
+        raise ValueError("cleansing='authors' needs W_M after every mini-batch: use solver='rls' for it")
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
-    step = x.shape[0] if batch_size is None else int(batch_size)
-    chunks = [slice(i, i + step) for i in range(0, x.shape[0], step)]
-    width = max(num_classes(state), int(labels.max()) + 1)
+    dt = state_dtype(state)
+    phase = as_batch(x, y, dim=input_dim(state), classes=num_classes(state), dtype=dt)
+    labels, width = phase.labels, phase.width
+    step = phase.n if batch_size is None else int(batch_size)
+    chunks = [slice(i, i + step) for i in range(0, phase.n, step)]
+    if len(chunks) == 1:
+        batches = [phase]
+    else:
+        host = np.asarray(phase.host_x)  # slice on the host: slicing a device array compiles one program per shape
+        batches = [prepare_batch(host[sl], labels[sl], dim=None, classes=width, dtype=dt, validate=False)
+                   for sl in chunks]
     seen_before = np.asarray(grow_mask(state.seen, width))
     if new_classes is None:
         new_classes = int(np.sum(seen_mask(labels, width) & ~seen_before))
     main, comp = expand_classes(state.main, width), expand_classes(state.comp, width)
-    x_host = np.asarray(x)  # slice on the host: slicing a device array compiles one program per slice shape
-    batches = [padded_batch(x_host[sl], labels[sl], width, main.weight.dtype) for sl in chunks]
-    health = healthy(main.weight.dtype)
-    if cleansing == "paper":
-        for x_pad, targets in batches:
-            main, h = _main_step(state, main, x_pad, targets)
+
+    def commit(ok: Any, health: RLSHealth | None) -> None:
+        # An overflowing row or a broken recursion raises and `state` stays as it was.
+        check_committed(ok, lambda: stream_features(state, jnp.asarray(phase.host_x))[0], dt,
+                        what="projected features", health=health)
+
+    keep = jnp.asarray(~seen_before)
+    if gram:
+        ok = jnp.asarray(True)
+        for b in batches:
+            main, ok_b = _main_gram(state, main, b.x, b.targets, jnp.int32(b.n))
+            ok = ok & ok_b
+        commit(ok, None)  # before the solve: a solve of non-finite statistics would fail without naming the row
+        w_main = head_weights(main)
+        for b in batches:
+            comp, ok_b = _comp_gram(state, w_main, comp, b.x, b.targets, keep, jnp.int32(b.n))
+            ok = ok & ok_b
+        commit(ok, None)
+    elif cleansing == "paper":
+        health = healthy(dt)
+        for b in batches:
+            main, h = _main_step(state, main, b.x, b.targets)
             health = merge_health(health, h)
-        keep = jnp.asarray(~seen_before)
-        for x_pad, targets in batches:
-            comp, h = _comp_step(state, main, comp, x_pad, targets, keep)
+        for b in batches:
+            comp, h = _comp_step(state, main, comp, b.x, b.targets, keep)
             health = merge_health(health, h)
+        commit(health.ok, health)
     else:
+        health = healthy(dt)
         highest = int(np.flatnonzero(seen_before).max()) if seen_before.any() else -1
         cols = np.arange(width)
-        for sl, (x_pad, targets) in zip(chunks, batches):
-            main, h_main = _main_step(state, main, x_pad, targets)
+        for sl, b in zip(chunks, batches):
+            main, h_main = _main_step(state, main, b.x, b.targets)
             highest = max(highest, int(labels[sl].max()))
             # The repository keeps the last `increase_size` columns of its current width (highest id + 1).
-            keep = jnp.asarray((cols < highest + 1) & (cols >= highest + 1 - new_classes))
-            comp, h_comp = _comp_step(state, main, comp, x_pad, targets, keep)
+            keep_b = jnp.asarray((cols < highest + 1) & (cols >= highest + 1 - new_classes))
+            comp, h_comp = _comp_step(state, main, comp, b.x, b.targets, keep_b)
             health = merge_health(health, merge_health(h_main, h_comp))
-    # One check per phase: an overflowing row or a broken recursion raises and `state` stays as it was.
-    check_committed(health.ok, lambda: stream_features(state, x)[0], main.weight.dtype, what="projected features",
-                    health=health)
+        # One check per phase.
+        commit(health.ok, health)
     return state._replace(main=main, comp=comp, seen=jnp.asarray(seen_before | seen_mask(labels, width)))
 
 
@@ -209,16 +269,22 @@ class DSAL(ContinualClassifier):
 
     _module = sys.modules[__name__]
     _update_options = ("cleansing", "batch_size")
+    _legacy_params = {"solver": "rls"}
 
     def __init__(
         self, gamma_main: float = 0.1, gamma_comp: float = 0.1, *, compensation_ratio: float = 0.6,
         buffer_size: int = 8192, activation_main: str = "relu", activation_comp: str = "tanh",
         cleansing: str = "paper", batch_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
-        dtype: Any = None,
+        dtype: Any = None, solver: str | None = None,
     ) -> None:
+        """``solver=None`` picks ``"gram"`` for ``cleansing="paper"`` and ``"rls"`` for ``"authors"`` (module doc)."""
         check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp, cleansing)
+        solver = check_solver(solver or ("rls" if cleansing == "authors" else "gram"))
+        if solver == "gram" and cleansing == "authors":
+            raise ValueError("cleansing='authors' needs W_M after every mini-batch: use solver='rls' for it")
         super().__init__(
             gamma_main=gamma_main, gamma_comp=gamma_comp, compensation_ratio=compensation_ratio,
             buffer_size=buffer_size, activation_main=activation_main, activation_comp=activation_comp,
             cleansing=cleansing, batch_size=batch_size, buffer_init=buffer_init, seed=seed, dtype=dtype,
+            solver=solver,
         )

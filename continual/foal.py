@@ -30,8 +30,8 @@ from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
 from analytic.rls import rls_predict, rls_step_checked
-from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
+from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma
+from continual._wrapper import ContinualClassifier, as_batch, grow_mask, mask_unseen, real_rows
 
 __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
 
@@ -78,8 +78,17 @@ def num_classes(state: FOALState) -> int:
     return state.head.classes
 
 
-def check_block_tokens(block_cls: Any, token_dim: int | None = None, name: str = "block_cls") -> jax.Array:
-    """Validate per-block class tokens ``(n, L, D)`` (same rules as :func:`analytic.validation.check_features`)."""
+def state_dtype(state: FOALState) -> Any:
+    return state.projection.dtype
+
+
+def check_block_tokens(
+    block_cls: Any, token_dim: int | None = None, name: str = "block_cls", host: bool = False
+) -> jax.Array:
+    """Validate per-block class tokens ``(n, L, D)`` (same rules as :func:`analytic.validation.check_features`).
+
+    ``host=True`` returns host (NumPy) input as it is, checked on the host, for :func:`prepare_batch` to transfer.
+    """
     shape = tuple(np.shape(block_cls))
     if len(shape) != 3:
         raise ValueError(f"{name} must be (n, L, D) class tokens of L blocks, got shape {shape}")
@@ -89,34 +98,38 @@ def check_block_tokens(block_cls: Any, token_dim: int | None = None, name: str =
         raise ValueError(f"{name} is empty (shape {shape})")
     if not hasattr(block_cls, "dtype"):
         block_cls = np.asarray(block_cls)
-    flat = check_features(block_cls.reshape(shape[0], -1), name=name)
-    return jnp.reshape(flat, shape)
+    flat = check_feature_layout(block_cls.reshape(shape[0], -1), name, None, allow_empty=False)
+    check_finite_entries(flat, name)
+    return block_cls if host and isinstance(block_cls, np.ndarray) else jnp.reshape(jnp.asarray(flat), shape)
 
 
 def fused_features(state: FOALState, block_cls: jax.Array) -> jax.Array:
     return feature_fusion(block_cls.astype(state.projection.dtype), state.projection, state.ln_scale, state.ln_bias)
 
 
-def update(state: FOALState, block_cls: Any, y: Any, batch_size: int = 10) -> FOALState:
-    """One online pass over ``block_cls: (n, L, D)``, class ids ``y: (n,)``: one RLS step per ``batch_size`` rows."""
+def update(state: FOALState, block_cls: Any, y: Any = None, batch_size: int = 10) -> FOALState:
+    """One online pass over ``block_cls: (n, L, D)``, class ids ``y: (n,)`` (or a prepared batch as
+    ``block_cls``): one RLS step per ``batch_size`` rows, the authors' per-mini-batch protocol."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    block_cls = check_block_tokens(block_cls, input_dim(state))
-    labels = check_labels(y, n=block_cls.shape[0])
-    dtype = state.head.weight.dtype
+    dtype = state_dtype(state)
+    if not isinstance(block_cls, PreparedBatch):
+        block_cls = as_batch(check_block_tokens(block_cls, input_dim(state), host=True), y, dim=None,
+                             classes=num_classes(state), dtype=dtype, validate=False)
+    batch = block_cls
+    tokens = batch.host_x
+    flat = lambda: np.asarray(tokens).reshape(batch.n, -1)  # noqa: E731 - error path only
     # The fusion's LayerNorm squares the tokens: an overflow there gives finite but meaningless features
     # (0/inf -> 0), so it is refused here, before the bounded sigmoid could hide it.
-    check_committed(not overflowing_rows(block_cls.reshape(block_cls.shape[0], -1), dtype).size,
-                    lambda: block_cls.reshape(block_cls.shape[0], -1), dtype, name="block_cls", what="class tokens")
-    width = max(num_classes(state), int(labels.max()) + 1)
-    head = expand_classes(state.head, width)
-    block_pad, targets = padded_batch(block_cls, labels, width, head.weight.dtype)
-    head, health = _online_pass(state, head, block_pad, targets, int(batch_size))
+    check_committed(not overflowing_rows(flat(), dtype).size, flat, dtype, name="block_cls", what="class tokens")
+    head = expand_classes(state.head, batch.width)
+    head, health = _online_pass(state, head, batch.x, batch.targets, int(batch_size))
     # One check per pass (one scalar read): an overflowing sample or a broken recursion raises and `state` stays.
-    check_committed(health.ok, lambda: fused_features(state, block_cls), head.weight.dtype, name="block_cls",
+    check_committed(health.ok, lambda: fused_features(state, jnp.asarray(tokens)), dtype, name="block_cls",
                     what="fused features", health=health)
-    seen = grow_mask(state.seen, width) | (jnp.sum(targets, axis=0) > 0)
-    return state._replace(head=head, seen=seen)
+    present = np.zeros(batch.width, bool)
+    present[batch.labels] = True
+    return state._replace(head=head, seen=grow_mask(state.seen, batch.width) | jnp.asarray(present))
 
 
 @partial(jax.jit, static_argnames="batch_size")
@@ -163,6 +176,9 @@ class FOAL(ContinualClassifier):
 
     def _check_x(self, x: Any, name: str = "x") -> jax.Array:
         return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name)
+
+    def _check_x_host(self, x: Any, name: str = "x") -> Any:
+        return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name, host=True)
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[2]

@@ -10,32 +10,44 @@ block ``Y_k^E`` and the unexposed block ``Y_k^U`` and updates::
     W_k^E = W_{k-1}^E − R_k X_kᵀ X_k W_{k-1}^E + R_k X_kᵀ Y_k^E        (R_k X_kᵀ Y_k^E: exposed class label gain)
     W_k^U = R_k X_kᵀ Y_k^U
 
-``R_k`` comes from the core's Woodbury step; the weight update is the decomposition above, written out so that
-the tests can check it against the core's padded RLS and against joint ridge after every batch (weight-invariant
-property: the result does not depend on batch split, class order or re-appearance).
+The decomposition is the Woodbury step of :mod:`analytic.rls` written per column block: an unexposed column of
+``W_{k-1}`` is zero (``W̃``, class-column growth), so ``W_k^U = W_{k-1}^U + R_k X_kᵀ(Y_k^U − X_k W_{k-1}^U)`` and the
+exposed columns are the same expression with ``W_{k-1}^E``. So ECLG *is* padded RLS, which is joint ridge on all data
+seen (weight-invariant property: the result does not depend on batch split, class order or re-appearance), and
+the learner keeps the head in one of two exact forms (``solver``):
+
+* ``"gram"`` (default): additive statistics solved once per read (:class:`analytic.lazy_solve.RidgeHead`); a
+  stream of small batches pays ``b d²`` flops per batch instead of the recursion's ``2 b d²``.
+* ``"rls"``: the core's checked Woodbury step (:func:`analytic.rls_step_checked`) per batch, ``W`` current after
+  every batch; :func:`eclg_step` is that step.
 
 Columns are indexed by the original class ids (the authors renumber classes by first exposure; the two differ
 by a column permutation only). Prediction masks never-exposed classes, as the authors evaluate on exposed ones.
 
-``online_iter`` (METHODS.md 2b): the authors' code fits every batch ``online_iter`` times (3 in their scripts),
-which equals joint ridge with ``γ / online_iter`` instead of ``γ``; the default 1 is the paper's equations.
+``online_iter`` (METHODS.md 2b): the authors' code fits every batch ``online_iter = k`` times (3 in their scripts).
+On the recursion that is ``k`` steps on the batch; on the Gram path it is ``k`` times the batch's statistics
+(:func:`analytic.lazy_solve.head_accumulate` with ``repeats=k``). Both equal joint ridge with ``γ / k`` when
+``k`` is fixed; the default 1 is the paper's equations.
 """
 
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health
+from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
-from analytic.validation import check_features, check_gamma, check_labels
-from continual._wrapper import ContinualClassifier, grow_mask, mask_unseen, padded_batch, real_rows
+from analytic.validation import check_features, check_gamma
+from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
 
 __all__ = ["GACLState", "init", "update", "eclg_step", "eclg_step_checked", "predict", "GACL"]
 
@@ -44,25 +56,27 @@ __all__ = ["GACLState", "init", "update", "eclg_step", "eclg_step_checked", "pre
 class GACLState(NamedTuple):
     """Attributes:
       buffer: optional :class:`analytic.RandomBuffer` (``None``: the features are used as given).
-      head: :class:`analytic.RLSState` -- ``weight (d, c)`` and ``inv_autocorr R (d, d)``.
+      head: :class:`analytic.lazy_solve.RidgeHead` (``solver="gram"``) or :class:`analytic.RLSState` --
+        ``weight (d, c)`` and ``inv_autocorr R (d, d)`` (``solver="rls"``); both have ``.weight``.
       exposed: ``(c,)`` boolean, classes with at least one training sample so far.
     """
 
     buffer: RandomBuffer | None
-    head: RLSState
+    head: RidgeHead | RLSState
     exposed: jax.Array
 
 
 def init(
     in_dim: int, classes: int = 0, gamma: float = 100.0, *, buffer_size: int | None = None,
-    buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+    buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
 ) -> GACLState:
-    """Empty head (``W₀ = 0``, ``R₀ = I/γ``); γ = 100 as in the paper's runs."""
+    """Empty head (``W₀ = 0``; ``R₀ = I/γ`` for ``solver="rls"``); γ = 100 as in the paper's runs."""
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
     buffer = None if buffer_size is None else RandomBuffer(in_dim, buffer_size, "relu", seed, buffer_init, dtype=dt)
     d = in_dim if buffer is None else buffer_size
-    return GACLState(buffer, rls_init(d, classes, gamma, dt), jnp.zeros((classes,), bool))
+    head = (head_init if check_solver(solver) == "gram" else rls_init)(d, classes, gamma, dt)
+    return GACLState(buffer, head, jnp.zeros((classes,), bool))
 
 
 def input_dim(state: GACLState) -> int:
@@ -73,8 +87,12 @@ def num_classes(state: GACLState) -> int:
     return state.head.classes
 
 
+def state_dtype(state: GACLState) -> Any:
+    return state.head.stats.xtx.dtype if isinstance(state.head, RidgeHead) else state.head.weight.dtype
+
+
 def features(state: GACLState, x: jax.Array) -> jax.Array:
-    return x.astype(state.head.weight.dtype) if state.buffer is None else state.buffer(x)
+    return x.astype(state_dtype(state)) if state.buffer is None else state.buffer(x)
 
 
 @jax.jit
@@ -82,57 +100,60 @@ def _features(buffer: RandomBuffer | None, x: jax.Array, targets: jax.Array) -> 
     return real_rows(x.astype(targets.dtype) if buffer is None else buffer(x), targets)
 
 
-def _eclg(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
-    w, _ = head
-    # The core's Woodbury step with zero target columns updates only R (its weight part is empty).
-    r_step, health = rls_step_checked(RLSState(w[:, :0], head.inv_autocorr), x, targets[:, :0])
-    r_new = r_step.inv_autocorr
-    gain = jnp.matmul(r_new, x.T, precision=HIGHEST)                                  # R_k X_kᵀ: (d, b)
-    label_gain = jnp.matmul(gain, targets * exposed[None, :], precision=HIGHEST)      # R_k X_kᵀ Y_k^E
-    w_exposed = w - jnp.matmul(gain, jnp.matmul(x, w, precision=HIGHEST), precision=HIGHEST) + label_gain
-    w_unexposed = jnp.matmul(gain, targets * ~exposed[None, :], precision=HIGHEST)    # R_k X_kᵀ Y_k^U
-    w_new = jnp.where(exposed[None, :], w_exposed, w_unexposed)
-    finite = jnp.all(jnp.isfinite(w_new))
-    return RLSState(w_new, r_new), health._replace(ok=health.ok & finite, precise=health.precise & finite)
+@jax.jit
+def eclg_step(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> RLSState:
+    """The exposed/unexposed (ECLG) update on one batch: the core's Woodbury step (module docstring).
+
+    ``x: (b, d)``, one-hot ``targets: (b, c)``, ``exposed: (c,)`` the classes exposed before this batch (implied
+    by the zero columns of ``W``; kept so the signature states the paper's inputs).
+    """
+    return rls_step_checked(head, x, targets)[0]
 
 
 @jax.jit
-def eclg_step(head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array) -> RLSState:
-    """The exposed/unexposed (ECLG) update on one batch.
-
-    ``x: (b, d)``, one-hot ``targets: (b, c)``, ``exposed: (c,)`` the classes exposed before this batch.
-    """
-    return _eclg(head, exposed, x, targets)[0]
-
-
-eclg_step_checked = jax.jit(_eclg)
-eclg_step_checked.__doc__ = ":func:`eclg_step` plus its :class:`analytic.health.RLSHealth` flags."
+def eclg_step_checked(
+    head: RLSState, exposed: jax.Array, x: jax.Array, targets: jax.Array
+) -> tuple[RLSState, RLSHealth]:
+    """:func:`eclg_step` plus its :class:`analytic.health.RLSHealth` flags."""
+    return rls_step_checked(head, x, targets)
 
 
-def update(state: GACLState, x: Any, y: Any, online_iter: int = 1) -> GACLState:
-    """Learn one stream batch ``x: (b, in_dim)``, class ids ``y: (b,)`` (``online_iter`` fits, see module doc)."""
+@partial(jax.jit, static_argnames=("repeats",))
+def _gram_step(
+    buffer: RandomBuffer | None, head: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array, repeats: int
+) -> tuple[RidgeHead, jax.Array]:
+    return head_accumulate(head, _features(buffer, x, targets), targets, rows, repeats=repeats)
+
+
+def update(state: GACLState, x: Any, y: Any = None, online_iter: int = 1) -> GACLState:
+    """Learn one stream batch ``x: (b, in_dim)``, class ids ``y: (b,)`` (or a prepared batch as ``x``), fitted
+    ``online_iter`` times (module docstring)."""
     if int(online_iter) != online_iter or online_iter < 1:
         raise ValueError(f"online_iter must be a positive integer, got {online_iter!r}")
-    x = check_features(x, dim=input_dim(state))
-    labels = check_labels(y, n=x.shape[0])
-    head = expand_classes(state.head, max(num_classes(state), int(labels.max()) + 1))
+    batch = as_batch(x, y, dim=input_dim(state), classes=num_classes(state), dtype=state_dtype(state))
+    head = expand_classes(state.head, batch.width)
     exposed = grow_mask(state.exposed, head.classes)
-    x_pad, targets = padded_batch(x, labels, head.classes, head.weight.dtype)
-    feats = _features(state.buffer, x_pad, targets)
-    health = healthy(head.weight.dtype)
-    for _ in range(int(online_iter)):
-        head, h = eclg_step_checked(head, exposed, feats, targets)
-        health = merge_health(health, h)
-        exposed = exposed | (jnp.sum(targets, axis=0) > 0)
+    if isinstance(head, RidgeHead):
+        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, jnp.int32(batch.n), int(online_iter))
+        health = None
+    else:
+        feats = _features(state.buffer, batch.x, batch.targets)
+        health = healthy(head.weight.dtype)
+        for _ in range(int(online_iter)):
+            head, h = eclg_step_checked(head, exposed, feats, batch.targets)
+            health = merge_health(health, h)
+        ok = health.ok
     # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was.
-    check_committed(health.ok, lambda: feats, head.weight.dtype, health=health)
-    return GACLState(state.buffer, head, exposed)
+    check_committed(ok, lambda: features(state, jnp.asarray(batch.host_x)), state_dtype(state), health=health)
+    present = np.zeros(head.classes, bool)
+    present[batch.labels] = True
+    return GACLState(state.buffer, head, exposed | jnp.asarray(present))
 
 
 def predict(state: GACLState, x: Any) -> jax.Array:
     """Logits ``(n, c)``; classes never exposed get ``-inf``."""
     x = check_features(x, dim=input_dim(state))
-    logits = jnp.matmul(features(state, x), state.head.weight, precision=HIGHEST)
+    logits = jnp.matmul(features(state, x), state.head.weight, precision=HIGHEST)  # a Gram head solves once
     return mask_unseen(logits, state.exposed)
 
 
@@ -141,16 +162,18 @@ class GACL(ContinualClassifier):
 
     _module = sys.modules[__name__]
     _update_options = ("online_iter",)
+    _legacy_params = {"solver": "rls"}
 
     def __init__(
         self, gamma: float = 100.0, *, online_iter: int = 1, buffer_size: int | None = None,
-        buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+        buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
     ) -> None:
         check_gamma(gamma)
+        check_solver(solver)
         if int(online_iter) != online_iter or online_iter < 1:
             raise ValueError(f"online_iter must be a positive integer, got {online_iter!r}")
         super().__init__(gamma=gamma, online_iter=int(online_iter), buffer_size=buffer_size, buffer_init=buffer_init,
-                         seed=seed, dtype=dtype)
+                         seed=seed, dtype=dtype, solver=solver)
 
     @property
     def coef_(self) -> jax.Array:

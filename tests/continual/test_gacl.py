@@ -74,7 +74,7 @@ def test_gacl_online_iter_equals_joint_ridge_with_gamma_divided():
 
 def test_gacl_eclg_step_decomposes_exposed_and_unexposed_columns():
     rng = np.random.default_rng(4)
-    state = gacl_fn.init(16, 4, 1.0)
+    state = gacl_fn.init(16, 4, 1.0, solver="rls")  # the recursion: W and R after every batch
     x1, x2 = rng.normal(size=(8, 16)), rng.normal(size=(8, 16))
     state = gacl_fn.update(state, x1, np.array([0, 1] * 4))
     y2 = np.array([1, 2] * 4)  # class 1 is exposed, class 2 is not
@@ -86,6 +86,19 @@ def test_gacl_eclg_step_decomposes_exposed_and_unexposed_columns():
     np.testing.assert_allclose(np.asarray(new.head.weight)[:, :2], exposed_cols[:, :2], rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.asarray(new.head.weight)[:, 2], (r @ x2.T @ np_one_hot(y2, 4))[:, 2], rtol=1e-10)
     assert np.all(np.asarray(new.head.weight)[:, 3] == 0)
+
+
+@pytest.mark.parametrize("online_iter", [1, 3])
+def test_gacl_gram_and_rls_solvers_agree_after_every_batch(online_iter):
+    rng = np.random.default_rng(6)
+    xs, ys = blurry_stream(rng, batches=5)
+    gram = GACL(GAMMA, online_iter=online_iter, buffer_size=64)
+    rls = GACL(GAMMA, online_iter=online_iter, buffer_size=64, solver="rls")
+    for x, y in zip(xs, ys):
+        gram.partial_fit(x, y)
+        rls.partial_fit(x, y)
+        assert rel_err(gram.coef_, rls.coef_) <= 1e-9
+        np.testing.assert_array_equal(np.asarray(gram.state.exposed), np.asarray(rls.state.exposed))
 
 
 def test_gacl_masks_never_exposed_classes():

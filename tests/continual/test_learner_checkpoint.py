@@ -14,7 +14,9 @@ from continual import ACIL, AIR, DSAL, FOAL, GACL
 CLASSES = 6
 LEARNERS = {
     "ACIL": lambda: ACIL(0.1, buffer_size=128, buffer_init="torch_linear", seed=2),
+    "ACIL-rls": lambda: ACIL(0.1, buffer_size=128, seed=2, solver="rls"),
     "DSAL": lambda: DSAL(0.1, 1.0, buffer_size=128, cleansing="authors", batch_size=8),
+    "DSAL-gram": lambda: DSAL(0.1, 1.0, buffer_size=128, batch_size=8),
     "GACL": lambda: GACL(100.0, online_iter=3, buffer_size=128),
     "AIR": lambda: AIR(1.0, normalize=True, statistics="diagonal", buffer_size=128),
     "FOAL": lambda: FOAL(projection_dim=64, ln_scale=np.linspace(0.5, 1.5, 32), ln_bias=np.zeros(32)),
