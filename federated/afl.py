@@ -20,6 +20,11 @@ The server's shape comes from its own configuration -- ``server_init(dim, classe
 count or dtype the others are judged by. Every upload is screened by :mod:`federated.validation`; a rejected
 message is reported (one :class:`~federated.validation.Rejection` per message), never merged, and never aborts
 the round or displaces another client's valid upload. The server state changes only by merging accepted uploads.
+With the default ``psd="probe"`` screening (``O(d²)`` per upload) the server also certifies the wave's summed
+Gram by one Cholesky factorization and, if that fails, screens the wave again with the exact per-upload check
+(:mod:`federated.validation` states the resulting guarantee). The merge is always the sum of the finally
+accepted uploads in their input order, so a wave with rejected messages merges exactly as the same wave without
+them, bit for bit.
 As in the authors' code, clients may send float32 Grams (``client_stats(..., dtype=np.float32)``) with γ = 1.
 """
 
@@ -39,7 +44,7 @@ from analytic.solve import cholesky_ridge_solve
 from analytic.validation import check_features, check_gamma, check_labels
 from federated.comm import CommLog
 from federated.messages import AFLBroadcast, AFLUpload
-from federated.validation import Rejection, screen
+from federated.validation import DEFAULT_PSD, Rejection, screen, sum_is_psd, tolerance, warn_rejections
 
 __all__ = [
     "AFLServerState", "AFLResult", "client_stats", "server_init", "server_update", "server_solve", "aggregate",
@@ -136,7 +141,7 @@ def server_init(dim: int, classes: int | None = None, dtype: Any = None) -> AFLS
     return AFLServerState(gram_init(int(dim), declared or 0, dtype), 0.0, (), 0, declared)
 
 
-def _accept(state: AFLServerState, messages: Iterable[AFLUpload], validate: bool,
+def _accept(state: AFLServerState, messages: list[AFLUpload], validate: bool,
             **checks: Any) -> tuple[list[AFLUpload], list[Rejection]]:
     if not validate:
         return list(messages), []
@@ -147,7 +152,33 @@ def _accept(state: AFLServerState, messages: Iterable[AFLUpload], validate: bool
         raise ValueError(f"server_update: classes={classes!r} but the server declared {state.declared_classes}")
     if classes is None:
         classes = state.declared_classes
-    return screen(messages, kind=AFLUpload, dim=state.stats.dim, classes=classes, seen=state.clients, **checks)
+    return screen(messages, kind=AFLUpload, dim=state.stats.dim, classes=classes, seen=state.clients, warn=False,
+                  **checks)
+
+
+def _wave_sum(dim: int, width: int, dtype: Any, uploads: Sequence[Any], gram: str,
+              cross: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(ΣGₖ, ΣRₖ, Σnₖ)`` of ``uploads`` on the host, added one upload at a time in input order."""
+    xtx = np.zeros((dim, dim), dtype)
+    xty = np.zeros((dim, width), dtype)
+    count = 0
+    for m in uploads:
+        g, r = getattr(m, gram), getattr(m, cross)
+        # In place and in input order: the sum of an accepted list is the same bits whichever messages around
+        # it were rejected (and ~3x faster than np.add(..., out=...) for a float32 -> float64 accumulate).
+        xtx += g
+        xty[:, : r.shape[1]] += r
+        count += int(m.count)
+    return xtx, xty, count
+
+
+def _onto(stats: GramStats, xtx: np.ndarray, xty: np.ndarray, count: int) -> GramStats:
+    """``stats ⊕ (xtx, xty, count)``; ``GramStats.count`` is the core's int32 counter and saturates here rather
+    than wrap (a count up to 2**62 is valid; the exact total lives in :class:`AFLServerState`)."""
+    limit = int(np.iinfo(np.dtype(stats.count.dtype)).max)
+    merged = GramStats(jnp.asarray(xtx), jnp.asarray(xty), jnp.asarray(0, stats.count.dtype))
+    merged = gram_merge(stats._replace(count=jnp.asarray(0, stats.count.dtype)), merged)
+    return merged._replace(count=jnp.asarray(min(int(stats.count) + count, limit), stats.count.dtype))
 
 
 def merge_uploads(stats: GramStats, uploads: Sequence[Any], gram: str = "xtx", cross: str = "xty") -> GramStats:
@@ -155,39 +186,60 @@ def merge_uploads(stats: GramStats, uploads: Sequence[Any], gram: str = "xtx", c
     type (AFL uploads, DeepAFL's ``ΦᵀΦ, ΦᵀY`` and ``FᵀF, FᵀR``); narrower cross-moments are zero-padded."""
     if not uploads:
         return stats
-    dt = np.dtype(stats.xtx.dtype)
     classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
-    # The sum runs in place on the host: one device transfer per wave instead of one per client.
-    xtx = np.zeros((stats.dim, stats.dim), dt)
-    xty = np.zeros((stats.dim, classes), dt)
-    count = int(stats.count)
-    for m in uploads:
-        g, r = getattr(m, gram), getattr(m, cross)
-        xtx += g  # (measured ~3x faster than np.add(..., out=...) for a float32 -> float64 accumulate)
-        xty[:, : r.shape[1]] += r
-        count += int(m.count)
-    # GramStats.count is the core's int32 counter: it saturates here rather than wrap (a count up to 2**62 is
-    # valid); the exact total lives in AFLServerState.count.
-    limit = int(np.iinfo(np.dtype(stats.count.dtype)).max)
-    merged = GramStats(jnp.asarray(xtx), jnp.asarray(xty), jnp.asarray(0, stats.count.dtype))
-    merged = gram_merge(stats._replace(count=jnp.asarray(0, stats.count.dtype)), merged)
-    return merged._replace(count=jnp.asarray(min(count, limit), stats.count.dtype))
+    # One device transfer per wave instead of one per client.
+    return _onto(stats, *_wave_sum(stats.dim, classes, np.dtype(stats.xtx.dtype), uploads, gram, cross))
+
+
+def screen_and_merge(stats: GramStats, run_screen: Any, psd: str, gram: str = "xtx",
+                     cross: str = "xty") -> tuple[Any, GramStats]:
+    """Screen a wave, certify and merge it: ``run_screen(psd)`` returns a tuple whose first item is the accepted
+    uploads; returns ``(that tuple, stats ⊕ their sum)``.
+
+    With ``psd="probe"`` the wave's summed Gram must pass :func:`federated.validation.sum_is_psd` (one
+    Cholesky factorization, at the loosest tolerance of the uploads' dtypes); if it does not, some accepted
+    upload is indefinite, and the wave is screened again by ``run_screen("cholesky")`` -- the exact per-upload
+    check -- whose verdict is final. The accepted uploads are re-summed in their input order, so the merge equals
+    that of the wave without the rejected messages, bit for bit.
+    """
+    out = run_screen(psd)
+    uploads = out[0]
+    if not uploads:
+        return out, stats
+    classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
+    dt = np.dtype(stats.xtx.dtype)
+    wave = _wave_sum(stats.dim, classes, dt, uploads, gram, cross)
+    if psd == "probe":
+        tol = max(tolerance(getattr(m, gram).dtype, stats.dim) for m in uploads)
+        if not sum_is_psd(wave[0], tol):
+            out = run_screen("cholesky")
+            uploads = out[0]
+            if not uploads:
+                return out, stats
+            classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
+            wave = _wave_sum(stats.dim, classes, dt, uploads, gram, cross)
+    return out, _onto(stats, *wave)
 
 
 def server_update(
     state: AFLServerState, messages: Iterable[AFLUpload], *, validate: bool = True, **checks: Any
-) -> tuple[AFLServerState, dict[Any, str]]:
+) -> tuple[AFLServerState, list[Rejection]]:
     """Merge a wave of uploads (sum form of the AA law); returns ``(state, excluded)``.
 
     Screening uses the state's dimension and declared classes and the ids merged so far (a second upload for
-    an id is rejected); ``checks`` go to :func:`federated.validation.check_upload` (``psd``, ``dtype`` -- the
-    transport dtype --, ``classes`` if the state declared none). ``state`` is returned unchanged when nothing was
-    accepted. ``validate=False`` trusts the messages (benchmarks of the bare sum).
+    an id is rejected); ``checks`` go to :func:`federated.validation.screen` (``psd`` -- default ``"probe"``,
+    then the wave's sum is certified as in :func:`screen_and_merge` --, ``probes``, ``probe_seed``, ``dtype`` --
+    the transport dtype --, ``classes`` if the state declared none). One
+    :class:`~federated.validation.RejectedUploadWarning` per rejected message. ``state`` is returned unchanged
+    when nothing was accepted. ``validate=False`` trusts the messages (benchmarks of the bare sum).
     """
-    accepted, excluded = _accept(state, messages, validate, **checks)
+    messages = list(messages)
+    psd = checks.pop("psd", DEFAULT_PSD)
+    (accepted, excluded), stats = screen_and_merge(
+        state.stats, lambda mode: _accept(state, messages, validate, psd=mode, **checks), psd if validate else "none")
+    warn_rejections(excluded)
     if not accepted:
         return state, excluded
-    stats = merge_uploads(state.stats, accepted)
     gamma_sum = state.gamma_sum + float(sum(m.gamma for m in accepted))
     count = state.count + sum(int(m.count) for m in accepted)
     clients = state.clients + tuple(m.client_id for m in accepted)
@@ -258,18 +310,24 @@ def aggregate(
     validate: bool = True,
     dtype: Any = None,
     transport_dtype: Any = None,
-    psd: str = "cholesky",
+    psd: str = DEFAULT_PSD,
+    probes: int | None = None,
+    probe_seed: Any = None,
 ) -> AFLResult:
     """The AFL server, sum form: screen, merge (onto ``state`` for a later wave) and solve once.
 
     The server's shape is ``dim`` features and (if given) ``classes`` target columns -- or that of ``state``, and
     then ``classes`` caps this wave's uploads if the state declared none; it is never read from an upload.
     ``dtype`` is the accumulator dtype of a new state, ``transport_dtype`` pins the uploads' dtype (``None``:
-    float32 or float64), ``psd`` the PSD check of :mod:`federated.validation`.
+    float32 or float64), ``psd`` / ``probes`` / ``probe_seed`` the symmetry and PSD screening of
+    :mod:`federated.validation` (default: server-random probes per upload plus a certificate of the sum, see
+    :func:`screen_and_merge`).
     """
     messages = list(messages)
     state = _initial_state("aggregate", state, dim, classes, dtype)
-    checks: dict[str, Any] = {"psd": psd, "dtype": transport_dtype}
+    checks: dict[str, Any] = {"psd": psd, "dtype": transport_dtype, "probe_seed": probe_seed}
+    if probes is not None:
+        checks["probes"] = probes
     if classes is not None and state.declared_classes is None:
         checks["classes"] = classes
     state, excluded = server_update(state, messages, validate=validate, **checks)
@@ -322,7 +380,16 @@ def aggregate_pairwise(
     weights = dict(enumerate(local_weights)) if local_weights is not None else {}
     excluded: list[Rejection] = []
     if validate:
-        ok, excluded = screen(messages, kind=AFLUpload, dim=dim, classes=classes, **checks)
+        psd = checks.pop("psd", DEFAULT_PSD)
+        ok, excluded = screen(messages, kind=AFLUpload, dim=dim, classes=classes, warn=False, psd=psd, **checks)
+        if psd == "probe" and ok:
+            # The same certificate of the sum as the sum-form server's (screen_and_merge).
+            tol = max(tolerance(m.xtx.dtype, dim) for m in ok)
+            width = max(m.xty.shape[1] for m in ok)
+            if not sum_is_psd(_wave_sum(dim, width, np.dtype(np.float64), ok, "xtx", "xty")[0], tol):
+                ok, excluded = screen(messages, kind=AFLUpload, dim=dim, classes=classes, warn=False, psd="cholesky",
+                                      **checks)
+        warn_rejections(excluded)
         rejected = {r.position for r in excluded}
         indexed = list(zip([i for i in range(len(messages)) if i not in rejected], ok))
     else:

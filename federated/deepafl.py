@@ -32,9 +32,18 @@ from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma, check_labels
 from federated import messages as msg
-from federated.afl import merge_uploads, pad_client_data
+from federated.afl import pad_client_data, screen_and_merge
 from federated.comm import CommLog
-from federated.validation import Rejection, ScreenResult, describe_id, normalize_client_id, screen
+from federated.validation import (
+    DEFAULT_PSD,
+    PROBES,
+    Rejection,
+    ScreenResult,
+    describe_id,
+    normalize_client_id,
+    screen,
+    warn_rejections,
+)
 
 __all__ = ["DeepAFLModel", "make_layers", "omega_solve", "forward", "fit_centralized", "DeepAFLClient",
            "DeepAFLServer", "run_federated", "DeepAFL"]
@@ -209,7 +218,10 @@ class DeepAFLClient:
 
 
 class DeepAFLServer:
-    """The server: screens uploads, sums them (``merge_uploads``), solves ``Wₜ`` / ``Ωₜ``, logs bytes.
+    """The server: screens uploads, sums them (:func:`federated.afl.screen_and_merge`: with the default
+    ``psd="probe"`` the round's summed Gram is certified PSD, else the round is screened exactly), solves
+    ``Wₜ`` / ``Ωₜ``, logs bytes. The probe directions come from a generator seeded once per server from
+    ``probe_seed`` (``None``: OS entropy, unknown to the clients) and are fresh for every round.
 
     Its shapes (``d_Φ``, ``d_F``, classes) and the layer of each round come from the setup it broadcast, never
     from an upload. The *participants* (``clients``) are the ids whose upload was merged in the first round;
@@ -222,8 +234,10 @@ class DeepAFLServer:
     succeeds or raises ``ValueError`` (no valid upload) leaving every attribute as it was.
     """
 
-    def __init__(self, setup: msg.DeepAFLSetup, dtype: Any = None, psd: str = "cholesky") -> None:
+    def __init__(self, setup: msg.DeepAFLSetup, dtype: Any = None, psd: str = DEFAULT_PSD, probes: int = PROBES,
+                 probe_seed: Any = None) -> None:
         self.setup, self.dtype, self.psd = _check_setup(setup), resolve_dtype(dtype), psd
+        self.probes, self._probe_rng = probes, np.random.default_rng(probe_seed)
         self.layer, self.weights, self.omegas = 0, [], []
         self.clients: tuple[int | str, ...] | None = None
         self.excluded: dict[int | str, str] = {}
@@ -231,11 +245,13 @@ class DeepAFLServer:
         self.last_screen: ScreenResult | None = None
         self.comm = CommLog()
 
-    def _screen(self, uploads: Sequence[Any], kind: type, dim: int):
-        """Screen one round without touching the server: ``(accepted, rejections, newly excluded)``."""
+    def _screen(self, uploads: Sequence[Any], kind: type, dim: int, psd: str):
+        """Screen one round without touching the server: ``(accepted, rejections, newly excluded, the screen's
+        own rejections)``."""
         uploads = list(uploads)
-        ok, bad = screen(uploads, kind=kind, dim=dim, classes=self.setup.classes, layer=self.layer, psd=self.psd)
-        bad = list(bad)
+        ok, screened = screen(uploads, kind=kind, dim=dim, classes=self.setup.classes, layer=self.layer, psd=psd,
+                              probes=self.probes, probe_seed=self._probe_rng, warn=False)
+        bad = list(screened)
         rejected_at = {r.position for r in bad}
         accepted = []
         for position, upload in zip([i for i in range(len(uploads)) if i not in rejected_at], ok):
@@ -267,9 +283,19 @@ class DeepAFLServer:
             reason = r.reason if r is not None else f"client {cid!r}: no valid upload for layer {self.layer}"
             dropped[cid] = reason if cid not in dropped else dropped[cid]
         if not accepted:
+            warn_rejections(screened)
             reasons = [r.reason for r in bad] or ["no upload at all"]
             raise ValueError(f"layer {self.layer}: no valid upload; rejected: {reasons}")
-        return accepted, bad, dropped
+        return accepted, bad, dropped, screened
+
+    def _screen_and_merge(self, uploads: Sequence[Any], kind: type, dim: int, gram: str, cross: str):
+        """Screen, certify the sum (:func:`federated.afl.screen_and_merge`) and merge one round's uploads."""
+        uploads = list(uploads)
+        (ok, bad, dropped, screened), stats = screen_and_merge(
+            gram_init(dim, self.setup.classes, self.dtype), lambda mode: self._screen(uploads, kind, dim, mode),
+            self.psd, gram, cross)
+        warn_rejections(screened)
+        return ok, bad, dropped, stats
 
     def _commit(self, accepted: list[Any], bad: list[Rejection], dropped: dict[int | str, str],
                 broadcast: Any) -> None:
@@ -284,9 +310,8 @@ class DeepAFLServer:
         """``Wₜ = (ΣΦₜᵀΦₜ + λI)⁻¹ΣΦₜᵀY`` over the accepted uploads; raises (state unchanged) if none is valid."""
         if len(self.weights) != self.layer or self.layer > self.setup.layers:
             raise ValueError(f"classifier round out of order: layer {self.layer}, {len(self.weights)} classifiers")
-        ok, bad, dropped = self._screen(uploads, msg.DeepAFLClassifierUpload, self.setup.phi_dim)
-        stats = merge_uploads(gram_init(self.setup.phi_dim, self.setup.classes, self.dtype), ok, "phi_gram",
-                              "phi_target")
+        ok, bad, dropped, stats = self._screen_and_merge(uploads, msg.DeepAFLClassifierUpload, self.setup.phi_dim,
+                                                         "phi_gram", "phi_target")
         weight = ridge_solve(stats.xtx, stats.xty, self.setup.lam)
         out = msg.DeepAFLClassifierBroadcast(self.layer, np.asarray(weight))
         self._commit(ok, bad, dropped, out)
@@ -297,9 +322,8 @@ class DeepAFLServer:
         """``Ωₜ`` from ``ΣFₜᵀFₜ, ΣFₜᵀRₜ``, ``Wₜ`` (:func:`omega_solve`); raises (state unchanged) if none is valid."""
         if len(self.weights) != self.layer + 1 or self.layer >= self.setup.layers:
             raise ValueError(f"block round out of order: layer {self.layer}, {len(self.weights)} classifiers")
-        ok, bad, dropped = self._screen(uploads, msg.DeepAFLBlockUpload, self.setup.block_dim)
-        stats = merge_uploads(gram_init(self.setup.block_dim, self.setup.classes, self.dtype), ok, "block_gram",
-                              "block_residual")
+        ok, bad, dropped, stats = self._screen_and_merge(uploads, msg.DeepAFLBlockUpload, self.setup.block_dim,
+                                                         "block_gram", "block_residual")
         omega = omega_solve(stats.xtx, stats.xty, self.weights[self.layer], self.setup.gamma)
         out = msg.DeepAFLBlockBroadcast(self.layer, np.asarray(omega))
         self._commit(ok, bad, dropped, out)

@@ -14,10 +14,33 @@ merged (the sum form of the absolute aggregation law of AFL, Zhuang et al. 2024,
 - each array: a ``float32``/``float64`` NumPy array of the expected shape -- the dimension and class count come
   from the *server's* configuration, never from another upload -- with only finite entries of magnitude at most
   ``finfo(float64).max / 2**32`` (so that a sum of up to ``2**32`` accepted uploads cannot overflow);
-- each Gram ``G``: symmetric (``max|G − Gᵀ| ≤ tol·max|G|``) and positive semi-definite. PSD is checked cheaply: a
-  non-negative diagonal, then a Cholesky factorization of ``G + tol·tr(G)·I`` (``d³/3`` flops, about a tenth of
-  ``eigvalsh``); it fails exactly when ``λ_min(G) < −tol·tr(G)`` up to rounding. ``psd="eigvalsh"`` checks
-  ``λ_min ≥ −tol·tr(G)`` literally; ``psd="none"`` skips it.
+- each Gram ``G``: a non-negative diagonal, symmetric (``max|G − Gᵀ| ≤ tol·max|G|``) and positive
+  semi-definite (``λ_min(G) ≥ −tol·max(tr G, max|G|)``), ``tol`` = :func:`tolerance`. How symmetry and PSD are
+  checked is the ``psd`` setting:
+
+  * ``"probe"`` (the servers' default; ``O(d²·P)`` per upload): Rayleigh–Ritz on a random ``P``-dimensional
+    subspace, ``P = probes`` (8). ``Z: (d, P)`` has orthonormal columns drawn by the *server* after the uploads
+    arrived (``probe_seed=None``: fresh OS entropy), so no client can aim a forgery at it; ``T = ZᵀGZ``. An
+    upload is rejected if ``|z_aᵀ(G − Gᵀ)z_b| = |T_ab − T_ba| > tol·max|G|·‖z_a‖₁‖z_b‖₁`` for two columns (a
+    bound every ``G`` passing the exact symmetry check meets) or if ``λ_min((T + Tᵀ)/2) < −tol·max(tr G,
+    max|G|)`` (Cauchy interlacing: ``λ_min(ZᵀGZ) ≥ λ_min(G)``, so a PSD ``G`` always passes). Both tests only
+    ever reject a genuinely bad Gram. For ``d ≤ P`` the server takes ``Z = I``: both are then the exact checks.
+    For ``d > P`` they are random necessary tests, far weaker than the exact ones: an asymmetry, or a negative
+    direction nearly orthogonal to ``Z``, can pass them. The servers (:func:`federated.afl.server_update`,
+    :class:`federated.deepafl.DeepAFLServer`) therefore also certify the *sum* of each wave's accepted Grams by
+    one Cholesky factorization (:func:`sum_is_psd`); if the sum fails, the whole wave is screened again with
+    ``"cholesky"`` and that exact verdict is final. So for ``d > P`` an indefinite upload is rejected whenever a
+    probe exposes it or it makes the wave's merged Gram indefinite; one whose negative part the other uploads
+    outweigh and the probes miss can be merged -- the merged Gram is then still PSD (the solve stays
+    well-posed), as after merging any valid-looking forgery, which no server can tell from an honest upload.
+    Use ``"cholesky"`` when every single upload must be certified. A float32 Gram is not scanned entry by entry
+    in this mode: a NaN/inf entry reaches ``T`` (no entry of ``Z`` is zero) and such an upload -- or one whose
+    products overflow float32 -- is then checked exactly; every finite float32 is below the magnitude bound;
+    and ``max|diag G|`` stands for ``max|G|`` in the tolerances (equal for a PSD ``G``, by Cauchy–Schwarz).
+  * ``"cholesky"``: exact per upload -- ``max|G − Gᵀ|``, then a Cholesky factorization of
+    ``G + tol·max(tr G, max|G|)·I`` (``d³/3`` flops per upload), which fails exactly when ``λ_min`` is below the
+    bound, up to rounding. ``"eigvalsh"`` checks the eigenvalue bound literally; ``"none"`` checks symmetry
+    exactly and skips the diagonal and PSD checks.
 
 :func:`screen` runs the checks over a batch of messages and returns the accepted ones (normalized copies: plain
 ``int`` id, count and layer, ``float`` gamma, ``np.ndarray`` arrays; the array data is not copied) plus one
@@ -27,12 +50,15 @@ exclude that client. Screening never raises for a message's fault: any exception
 (``None``, objects without attributes, unhashable ids, object arrays, overflowing numbers) becomes a rejection.
 
 Identity is not authenticated: the server keeps the *first valid* upload per id, and a later upload with the same
-id (in this batch, or an id in ``seen`` from earlier waves) is rejected without affecting the first. A valid-looking
-upload sent first under someone else's id is therefore kept; authenticating clients is the transport's job.
+id (in this batch, or an id in ``seen`` from earlier waves) is rejected without affecting the first. Ids are
+assigned only after every check, the batched probes included, so a rejected message never reserves an id. A
+valid-looking upload sent first under someone else's id is therefore kept; authenticating clients is the
+transport's job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -43,8 +69,9 @@ import numpy as np
 
 from federated.messages import AFLUpload, DeepAFLBlockUpload, DeepAFLClassifierUpload
 
-__all__ = ["MAX_COUNT", "MAX_ENTRY", "RejectedUploadWarning", "Rejection", "ScreenResult", "check_upload",
-           "describe_id", "normalize_client_id", "screen", "tolerance"]
+__all__ = ["DEFAULT_PSD", "MAX_COUNT", "MAX_ENTRY", "PROBES", "PSD_MODES", "RejectedUploadWarning", "Rejection",
+           "ScreenResult", "check_upload", "describe_id", "normalize_client_id", "screen", "sum_is_psd", "tolerance",
+           "warn_rejections"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # (gram field, cross-moment field) of each upload type.
@@ -57,6 +84,9 @@ MAX_COUNT = 2**62
 # 2**32 uploads at this magnitude still sum to a finite float64.
 MAX_ENTRY = float(np.finfo(np.float64).max) / 2.0**32
 _INT64 = (-(2**63), 2**63 - 1)
+PSD_MODES = ("probe", "cholesky", "eigvalsh", "none")
+DEFAULT_PSD = "probe"
+PROBES = 8
 
 
 class RejectedUploadWarning(UserWarning):
@@ -141,8 +171,10 @@ def _real(who: str, name: str, value: Any) -> float:
     return out
 
 
-def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dtype: Any) -> tuple[np.ndarray, float]:
-    """The checked array and its ``max |entry|`` (reused by the Gram checks instead of a second pass)."""
+def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dtype: Any,
+                 scan: bool = True) -> tuple[np.ndarray, float]:
+    """The checked array and its ``max |entry|`` (reused by the Gram checks instead of a second pass); with
+    ``scan=False`` only type, dtype and shape, and the returned ``max |entry|`` is NaN (unknown)."""
     if not isinstance(a, np.ndarray):
         # Only NumPy arrays (and array-likes such as jax.Array with an __array__) -- never lists or strings.
         if not hasattr(a, "__array__") or isinstance(a, (str, bytes)):
@@ -158,29 +190,38 @@ def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dty
     if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{who}: {name} has shape {a.shape}, expected {want}")
-    # One pass for both checks: max|a| is NaN or inf exactly when an entry is (np.max propagates NaN).
-    peak = float(np.abs(a).max()) if a.size else 0.0
+    return a, (_peak(who, name, a) if scan else math.nan)
+
+
+def _peak(who: str, name: str, a: np.ndarray) -> float:
+    """``max |a|``, or ``ValueError`` for a NaN/inf entry or one above :data:`MAX_ENTRY`."""
+    # max and min propagate NaN, so max(max a, −min a) is NaN or inf exactly when an entry is; no |a| temporary.
+    peak = max(float(a.max()), -float(a.min())) if a.size else 0.0
     if not math.isfinite(peak):
         raise ValueError(f"{who}: {name} has {int(a.size - np.isfinite(a).sum())} NaN/inf entries")
     if peak > MAX_ENTRY:
         raise ValueError(f"{who}: {name} has entries above {MAX_ENTRY:.3g} in magnitude (a sum would overflow)")
-    return a, peak
+    return peak
 
 
 def _check_gram(who: str, name: str, g: np.ndarray, scale: float, psd: str) -> None:
-    """Symmetry and PSD of ``g`` whose ``max |entry|`` is ``scale``."""
+    """The per-upload Gram checks of ``g`` whose ``max |entry|`` is ``scale``; with ``psd="probe"`` only the
+    diagonal (symmetry and PSD are then :func:`_probe`'s, batched over the screened uploads)."""
     d = g.shape[0]
     tol = tolerance(g.dtype, d)
-    g64 = g.astype(np.float64)
-    asym = float(np.abs(g64 - g64.T).max()) if g.size else 0.0
-    if asym > tol * max(scale, np.finfo(np.float64).tiny):
-        raise ValueError(f"{who}: {name} is not symmetric (max |G - G^T| = {asym:.3g}, max |G| = {scale:.3g})")
+    if psd != "probe":
+        g64 = g.astype(np.float64)
+        asym = float(np.abs(g64 - g64.T).max()) if g.size else 0.0
+        if asym > tol * max(scale, np.finfo(np.float64).tiny):
+            raise ValueError(f"{who}: {name} is not symmetric (max |G - G^T| = {asym:.3g}, max |G| = {scale:.3g})")
     if psd == "none" or scale == 0.0:
         return
-    diag = np.diagonal(g64)
-    trace = float(diag.sum())
-    if diag.min() < -tol * scale:
+    diag = np.diagonal(g)
+    if float(diag.min()) < -tol * scale:
         raise ValueError(f"{who}: {name} is not positive semi-definite (diagonal entry {diag.min():.3g} < 0)")
+    if psd == "probe":
+        return
+    trace = float(np.sum(diag, dtype=np.float64))
     shift = tol * max(trace, scale)
     if psd == "eigvalsh":
         low = float(np.linalg.eigvalsh(g64)[0])
@@ -196,7 +237,107 @@ def _check_gram(who: str, name: str, g: np.ndarray, scale: float, psd: str) -> N
                 f"{who}: {name} is not positive semi-definite (Cholesky of G + {shift:.3g}·I failed, trace {trace:.3g})"
             ) from None
     else:
-        raise ValueError(f"psd must be 'cholesky', 'eigvalsh' or 'none', got {psd!r}")
+        raise ValueError(f"psd must be one of {PSD_MODES}, got {psd!r}")
+
+
+def _probe_basis(d: int, probes: int, rng: np.random.Generator, dtype: Any) -> np.ndarray | None:
+    """``Z: (d, P)`` with orthonormal columns drawn from ``rng``, or ``None`` for ``d ≤ P`` (then ``Z = I``).
+
+    No entry of ``Z`` is zero (a zero has probability 0; it is redrawn anyway), so a NaN or inf anywhere in ``G``
+    reaches ``ZᵀGZ``: ``(ZᵀGZ)_pq = Σᵢⱼ Z_ip G_ij Z_jq`` with every coefficient non-zero.
+    """
+    if d <= probes:
+        return None
+    while True:
+        z = np.linalg.qr(rng.standard_normal((d, probes)))[0].astype(dtype)
+        if np.all(z != 0):
+            return z
+
+
+def _one_blas_thread() -> Any:
+    """A context that runs BLAS on one thread, if ``threadpoolctl`` is installed: the probe products are skinny
+    (``P`` columns) and memory-bound, and on a loaded machine a multi-threaded OpenBLAS spent 20-40x longer on
+    them (threads spinning for a core) than one thread did."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional; only speed depends on it
+        return contextlib.nullcontext()
+    return threadpool_limits(1, "blas")
+
+
+RECHECK = "<recheck exactly>"
+
+
+def _probe(grams: list[np.ndarray], scales: list[float], probes: int, rng: np.random.Generator) -> list[str | None]:
+    """Symmetry and PSD of each Gram (the ``"probe"`` mode of the module docstring): the failure text, ``None``,
+    or :data:`RECHECK` when the products are not finite (the caller then runs the exact per-upload checks).
+
+    One ``Z`` per Gram shape and dtype; ``G Z`` is one product per upload, read in place (stacking the uploads
+    first costs a full extra copy), and the ``P×P`` eigenvalue problems are solved in one batched call.
+    """
+    out: list[str | None] = [None] * len(grams)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (g, scale) in enumerate(zip(grams, scales)):
+        if scale > 0.0:  # an all-zero Gram is symmetric and PSD
+            groups.setdefault((g.shape, g.dtype), []).append(i)
+    for (shape, dtype), members in groups.items():
+        d = shape[0]
+        tol = tolerance(dtype, d)
+        z = _probe_basis(d, probes, rng, dtype)
+        if z is None:
+            # Z = I: the exact checks, G − Gᵀ and the spectrum of G itself (d ≤ P, so this is cheap).
+            stack = np.stack([grams[i] for i in members]).astype(np.float64)
+            finite = np.isfinite(stack).all(axis=(1, 2))
+            stack[~finite] = 0.0
+            asym = np.abs(stack - stack.transpose(0, 2, 1)).max(axis=(1, 2))
+            low = np.linalg.eigvalsh(stack)[:, 0]
+        else:
+            zt = np.ascontiguousarray(z.T)
+            # A NaN/inf entry is expected here (it is how a non-finite G shows): no RuntimeWarning for it.
+            with _one_blas_thread(), np.errstate(invalid="ignore", over="ignore"):
+                t = np.stack([zt @ (grams[i] @ z) for i in members]).astype(np.float64)
+            finite = np.isfinite(t).all(axis=(1, 2))
+            t[~finite] = 0.0
+            # T − Tᵀ = Zᵀ(G − Gᵀ)Z and |z_aᵀAz_b| ≤ max|A|·‖z_a‖₁‖z_b‖₁: the symmetry test needs no second product.
+            l1 = np.abs(z).sum(axis=0, dtype=np.float64)
+            asym = (np.abs(t - t.transpose(0, 2, 1)) / np.multiply.outer(l1, l1)).max(axis=(1, 2))
+            low = np.linalg.eigvalsh(0.5 * (t + t.transpose(0, 2, 1)))[:, 0]
+        for j, i in enumerate(members):
+            if not finite[j]:
+                out[i] = RECHECK  # a NaN/inf entry, or products beyond float32 range: the exact checks decide
+                continue
+            scale = scales[i]
+            trace = float(np.trace(grams[i], dtype=np.float64))
+            shift = tol * max(trace, scale)
+            if asym[j] > tol * max(scale, np.finfo(np.float64).tiny):
+                what = ("max |G - G^T|" if z is None
+                        else f"max |u^T (G - G^T) v|/(|u|_1 |v|_1) over {z.shape[1]} random directions")
+                out[i] = f"is not symmetric ({what} = {asym[j]:.3g}, max |G| = {scale:.3g})"
+            elif low[j] < -shift:
+                what = "min eigenvalue" if z is None else f"min Ritz value on {z.shape[1]} random directions"
+                out[i] = f"is not positive semi-definite ({what} {low[j]:.3g} < -{shift:.3g})"
+    return out
+
+
+def sum_is_psd(gram_sum: Any, tol: float) -> bool:
+    """``λ_min(S) ≥ −tol·max(tr S, max|S|)`` for a summed Gram ``S`` (float64), by one Cholesky factorization.
+
+    If every summand has ``λ_min(Gₖ) ≥ −tol·tr Gₖ`` -- so every PSD summand, and every honest one up to
+    rounding -- the sum meets the bound, as ``λ_min`` is superadditive and ``tr`` additive. A failure therefore
+    proves that some summand is indefinite beyond that tolerance (the servers then screen the wave exactly).
+    """
+    s = np.asarray(gram_sum, np.float64)
+    if not np.isfinite(s).all():
+        return False
+    scale = float(np.abs(s).max()) if s.size else 0.0
+    if scale == 0.0:
+        return True
+    shift = tol * max(float(np.trace(s)), scale)
+    try:
+        np.linalg.cholesky(s + shift * np.eye(s.shape[0]))
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _check_settings(kind: Any, dim: Any, classes: Any, layer: Any, psd: Any) -> None:
@@ -207,30 +348,13 @@ def _check_settings(kind: Any, dim: Any, classes: Any, layer: Any, psd: Any) -> 
         if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
                                   or value < low):
             raise ValueError(f"the server's {name} must be an integer >= {low} or None, got {value!r}")
-    if psd not in ("cholesky", "eigvalsh", "none"):
-        raise ValueError(f"psd must be 'cholesky', 'eigvalsh' or 'none', got {psd!r}")
+    if psd not in PSD_MODES:
+        raise ValueError(f"psd must be one of {PSD_MODES}, got {psd!r}")
 
 
-def check_upload(
-    message: Any,
-    *,
-    kind: type,
-    dim: int | None = None,
-    classes: int | None = None,
-    layer: int | None = None,
-    dtype: Any = None,
-    psd: str = "cholesky",
-) -> Any:
-    """Validate one upload of type ``kind``; return its normalized copy, or raise ``TypeError``/``ValueError``
-    naming the claimed client.
-
-    ``dim`` is the expected Gram size (``None`` accepts any square Gram -- only for checking a lone message; a
-    server passes its configured size); ``classes`` the largest allowed number of target columns (fewer columns
-    are zero-padded by the merge); ``layer`` the DeepAFL layer index this round expects; ``dtype`` pins the
-    transport dtype (``None``: float32 or float64). A malformed object may also raise other exceptions here;
-    :func:`screen` turns every one of them into a rejection.
-    """
-    _check_settings(kind, dim, classes, layer, psd)
+def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None, layer: int | None,
+               dtype: Any, psd: str) -> tuple[Any, str, np.ndarray, float]:
+    """:func:`check_upload` without the ``"probe"`` checks: ``(normalized copy, who, gram, max|gram|)``."""
     if type(message) is not kind:
         raise TypeError(f"expected a {kind.__name__}, got {type(message).__name__}")
     cid = normalize_client_id(message.client_id)
@@ -244,9 +368,16 @@ def check_upload(
         if layer is not None and fields["layer"] != layer:
             raise ValueError(f"{who}: message is for layer {fields['layer']}, this round is layer {layer}")
     gram_name, cross_name = _FIELDS[kind]
-    gram, scale = _check_array(who, gram_name, getattr(message, gram_name), (dim, dim), dtype)
+    gram, scale = _check_array(who, gram_name, getattr(message, gram_name), (dim, dim), dtype, scan=psd != "probe")
     if gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise ValueError(f"{who}: {gram_name} must be square and non-empty, got shape {gram.shape}")
+    if psd == "probe":
+        # A float32 Gram is not scanned here: its finiteness is read off the probe products (see _probe), every
+        # finite float32 is below MAX_ENTRY, and max|diag| stands for max|G| (equal for a PSD G, by
+        # Cauchy–Schwarz). A float64 Gram, or one whose diagonal gives no scale, is scanned in full.
+        scale = float(np.abs(np.diagonal(gram)).max()) if gram.dtype == np.float32 else math.nan
+        if not (math.isfinite(scale) and scale > 0.0):
+            scale = _peak(who, gram_name, gram)
     cross, _ = _check_array(who, cross_name, getattr(message, cross_name), (gram.shape[0], None), dtype)
     if classes is not None and cross.shape[1] > classes:
         raise ValueError(f"{who}: {cross_name} has {cross.shape[1]} columns, more than the {classes} classes")
@@ -254,39 +385,118 @@ def check_upload(
         raise ValueError(f"{who}: count is 0 but the statistics are non-zero")
     _check_gram(who, gram_name, gram, scale, psd)
     fields[gram_name], fields[cross_name] = gram, cross
-    return dataclasses.replace(message, **fields)
+    return dataclasses.replace(message, **fields), who, gram, scale
 
 
-def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = True, **checks: Any) -> ScreenResult:
-    """Split ``messages`` into accepted (normalized) ones and :class:`Rejection` records; ``checks`` go to
-    :func:`check_upload` (``kind`` is required).
+def _rng(probe_seed: Any) -> np.random.Generator:
+    """The server's probe generator: ``probe_seed=None`` draws fresh OS entropy (unpredictable to clients); a
+    seed or ``Generator`` makes a screening reproducible (tests, audits)."""
+    return probe_seed if isinstance(probe_seed, np.random.Generator) else np.random.default_rng(probe_seed)
 
-    A client id already in ``seen`` (an earlier wave) or accepted earlier in ``messages`` is rejected: its rows
-    would otherwise be counted twice. The first valid upload per id wins; rejected messages never reserve an id.
-    Raises only for a wrong server setting in ``checks`` (checked before any message), never for a message.
+
+def check_upload(
+    message: Any,
+    *,
+    kind: type,
+    dim: int | None = None,
+    classes: int | None = None,
+    layer: int | None = None,
+    dtype: Any = None,
+    psd: str = "cholesky",
+    probes: int = PROBES,
+    probe_seed: Any = None,
+) -> Any:
+    """Validate one upload of type ``kind``; return its normalized copy, or raise ``TypeError``/``ValueError``
+    naming the claimed client.
+
+    ``dim`` is the expected Gram size (``None`` accepts any square Gram -- only for checking a lone message; a
+    server passes its configured size); ``classes`` the largest allowed number of target columns (fewer columns
+    are zero-padded by the merge); ``layer`` the DeepAFL layer index this round expects; ``dtype`` pins the
+    transport dtype (``None``: float32 or float64); ``psd`` (default ``"cholesky"``, exact, for a lone message),
+    ``probes`` and ``probe_seed`` as in the module docstring. A malformed object may also raise other exceptions
+    here; :func:`screen` turns every one of them into a rejection.
     """
-    _check_settings(checks.get("kind"), checks.get("dim"), checks.get("classes"), checks.get("layer"),
-                    checks.get("psd", "cholesky"))
+    _check_settings(kind, dim, classes, layer, psd)
+    clean, who, gram, scale = _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype,
+                                         psd=psd)
+    if psd == "probe":
+        failure = _probe([gram], [scale], _probe_count(probes), _rng(probe_seed))[0]
+        if failure == RECHECK:
+            return _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype,
+                              psd="cholesky")[0]
+        if failure is not None:
+            raise ValueError(f"{who}: {_FIELDS[kind][0]} {failure}")
+    return clean
+
+
+def _probe_count(probes: Any) -> int:
+    if isinstance(probes, (bool, np.bool_)) or not isinstance(probes, (int, np.integer)) or probes < 1:
+        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    return int(probes)
+
+
+def warn_rejections(excluded: Iterable[Rejection], stacklevel: int = 3) -> None:
+    """One :class:`RejectedUploadWarning` per rejection (the servers warn once, after their final verdict)."""
+    for r in excluded:
+        warnings.warn(f"rejected upload: {r.reason}", RejectedUploadWarning, stacklevel=stacklevel)
+
+
+def _rejection(position: int, message: Any, text: str) -> Rejection:
+    try:
+        claimed = describe_id(message.client_id)
+    except Exception:  # noqa: BLE001 - no (readable) client_id attribute at all
+        claimed = "<none>"
+    return Rejection(position, claimed, f"message {position} (claimed client_id {claimed}): {text}")
+
+
+def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = True, psd: str = DEFAULT_PSD,
+           probes: int = PROBES, probe_seed: Any = None, **checks: Any) -> ScreenResult:
+    """Split ``messages`` into accepted (normalized) ones and :class:`Rejection` records; ``checks`` go to
+    :func:`check_upload` (``kind`` is required); ``psd``, ``probes``, ``probe_seed`` as in the module docstring.
+
+    The checks run in three passes: each message alone; then the ``"probe"`` symmetry/PSD tests batched over the
+    survivors; then, in input order, ids: an id already in ``seen`` (an earlier wave) or accepted earlier in
+    ``messages`` is rejected (its rows would otherwise be counted twice). The first valid upload per id wins;
+    rejected messages never reserve an id. Raises only for a wrong server setting (checked before any message),
+    never for a message. ``"probe"`` alone does not certify the sum: the servers add :func:`sum_is_psd`.
+    """
+    _check_settings(checks.get("kind"), checks.get("dim"), checks.get("classes"), checks.get("layer"), psd)
+    probes = _probe_count(probes)
     seen_ids = {normalize_client_id(c) for c in seen}
-    accepted: list[Any] = []
-    excluded: list[Rejection] = []
+    messages = list(messages)
+    failures: dict[int, str] = {}
+    passed: list[tuple[int, Any, str, np.ndarray, float]] = []
     for position, message in enumerate(messages):
         try:
-            clean = check_upload(message, **checks)
-            if clean.client_id in seen_ids:
-                raise ValueError(f"client {clean.client_id!r}: a second upload in this aggregation (its rows would "
-                                 "count twice); the first valid one is kept")
+            passed.append((position, *_check_one(message, psd=psd, **{"dim": None, "classes": None, "layer": None,
+                                                                        "dtype": None, **checks})))
         except Exception as err:  # noqa: BLE001 - whatever a malformed message provokes must not abort the round
-            try:
-                claimed = describe_id(message.client_id)
-            except Exception:  # noqa: BLE001 - no (readable) client_id attribute at all
-                claimed = "<none>"
-            text = _error_text(err)
-            reason = f"message {position} (claimed client_id {claimed}): {text}"
-            excluded.append(Rejection(position, claimed, reason))
-            if warn:
-                warnings.warn(f"rejected upload: {reason}", RejectedUploadWarning, stacklevel=2)
+            failures[position] = _error_text(err)
+    if psd == "probe" and passed:
+        gram_name = _FIELDS[checks["kind"]][0]
+        verdicts = _probe([p[3] for p in passed], [p[4] for p in passed], probes, _rng(probe_seed))
+        for (position, _, who, *_), failure in zip(passed, verdicts):
+            if failure == RECHECK:
+                try:
+                    _check_one(messages[position], psd="cholesky", **{"dim": None, "classes": None, "layer": None,
+                                                                     "dtype": None, **checks})
+                except Exception as err:  # noqa: BLE001 - as above
+                    failures[position] = _error_text(err)
+            elif failure is not None:
+                failures[position] = f"{who}: {gram_name} {failure}"
+    accepted: list[Any] = []
+    clean_at = {p[0]: p[1] for p in passed if p[0] not in failures}
+    for position in range(len(messages)):
+        clean = clean_at.get(position)
+        if clean is None:
+            continue
+        if clean.client_id in seen_ids:
+            failures[position] = (f"client {clean.client_id!r}: a second upload in this aggregation (its rows would "
+                                  "count twice); the first valid one is kept")
             continue
         seen_ids.add(clean.client_id)
         accepted.append(clean)
+    excluded = [_rejection(position, messages[position], failures[position]) for position in sorted(failures)]
+    if warn:
+        warn_rejections(excluded)
     return ScreenResult(accepted, excluded)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from federated import afl, deepafl, messages, partition
-from federated.validation import RejectedUploadWarning, check_upload, screen
+from federated.validation import PROBES, RejectedUploadWarning, check_upload, screen
 
 D, C, GAMMA = 6, 3, 1.0
 
@@ -148,3 +148,100 @@ def test_deepafl_server_drops_a_corrupt_client_for_the_rest_of_the_run():
     got_logits = np.asarray(deepafl.forward(model, x))
     want_logits = np.asarray(deepafl.forward(want, x))
     assert np.abs(got_logits - want_logits).max() <= 1e-12 * np.abs(want_logits).max()
+
+
+# ------------------------------------------------------------------------ psd="probe" above the probe count (d > P)
+DP, KP, SEED = 40, 6, 7  # d = 40 > PROBES = 8: random probes, not the exact d ≤ P path of the tests above
+
+
+@pytest.fixture(scope="module")
+def wide():
+    rng = np.random.default_rng(3)
+    # float32 transport, 10 rows per client: rank-deficient Grams (eigenvalues 0 up to rounding) must pass.
+    return [afl.client_stats(rng.standard_normal((10, DP)), rng.integers(0, C, 10), GAMMA, C, client_id=i,
+                             dtype=np.float32) for i in range(KP)]
+
+
+def _probe_z(seed: int = SEED) -> np.ndarray:
+    """The server's first probe basis for ``probe_seed=seed`` (validation._probe_basis, first draw)."""
+    return np.linalg.qr(np.random.default_rng(seed).standard_normal((DP, PROBES)))[0].astype(np.float32)
+
+
+def _hidden_negative_direction(u, c: float):
+    """``G + c·diag(v²) − c·vvᵀ`` with ``v`` orthogonal to the server's probes (for ``probe_seed=SEED``): the
+    probes see ``Zᵀ(G + c·diag(v²))Z ⪰ 0`` and pass it; the diagonal is ``G``'s; ``vᵀ(·)v = vᵀGv − c(1 − Σvᵢ⁴)``."""
+    z = _probe_z().astype(np.float64)
+    v = np.ones(DP) - z @ (z.T @ np.ones(DP))
+    v /= np.linalg.norm(v)
+    g = (u.xtx.astype(np.float64) + c * np.diag(v**2) - c * np.outer(v, v)).astype(np.float32)
+    assert np.diagonal(g).min() >= 0 and np.linalg.eigvalsh(g.astype(np.float64))[0] < -0.1 * c
+    return corrupt(u, xtx=g)
+
+
+def _honest_run(ups):
+    return afl.aggregate(ups, dim=DP, classes=C, global_gamma=1.0)
+
+
+def test_probe_mode_rejects_defects_above_the_probe_count_bit_for_bit(wide):
+    want = _honest_run(wide)
+    inf = wide[1].xtx.copy()
+    inf[3, 7] = inf[7, 3] = np.inf
+    nan = wide[1].xtx.copy()
+    nan[5, 2] = np.nan
+    big = float(np.abs(wide[1].xtx).max())
+    asym = wide[1].xtx.copy()
+    asym[0, 1] += 10 * big
+    defects = {"nan off-diagonal": (corrupt(wide[1], xtx=nan), "NaN/inf"),
+               "inf off-diagonal": (corrupt(wide[1], xtx=inf), "NaN/inf"),
+               "asymmetric": (corrupt(wide[1], xtx=asym), "not symmetric"),
+               "negative diagonal": (corrupt(wide[1], xtx=-wide[1].xtx), "positive semi-definite"),
+               "hidden from the probes, sum indefinite": (_hidden_negative_direction(wide[1], 200.0), "Cholesky")}
+    for what, (bad, reason) in defects.items():
+        for position in (0, 3, KP):
+            # Placed first it claims honest client 1's id: a forgery the probes pass then holds id 1 until the
+            # sum certificate fails, and the exact re-screen must give the id back to the honest upload.
+            claimed = 1 if position == 0 else 99
+            sent = [*wide[:position], dataclasses.replace(bad, client_id=claimed), *wide[position:]]
+            with pytest.warns(RejectedUploadWarning):
+                got = afl.aggregate(sent, dim=DP, classes=C, global_gamma=1.0, probe_seed=SEED)
+            assert np.array_equal(np.asarray(got.weight), np.asarray(want.weight)), (what, position)
+            assert got.state.clients == tuple(range(KP)), (what, position)
+            assert [r.position for r in got.excluded] == [position], (what, position)
+            assert reason in got.excluded[0].reason, (what, got.excluded[0].reason)
+
+
+def test_the_sum_certificate_is_what_catches_a_forgery_the_probes_miss(wide):
+    bad = dataclasses.replace(_hidden_negative_direction(wide[1], 200.0), client_id=99)
+    # The probes alone accept it (its negative direction is orthogonal to them) ...
+    ok, excluded = screen([bad], kind=messages.AFLUpload, dim=DP, probe_seed=SEED)
+    assert len(ok) == 1 and excluded == []
+    # ... but the wave's sum is indefinite: the server's certificate fails and the exact re-screen rejects it.
+    g = sum(u.xtx.astype(np.float64) for u in [*wide, bad])
+    assert np.linalg.eigvalsh(g)[0] < 0
+    with pytest.warns(RejectedUploadWarning, match="Cholesky"):
+        got = afl.aggregate([*wide, bad], dim=DP, classes=C, global_gamma=1.0, probe_seed=SEED)
+    assert [r.position for r in got.excluded] == [KP]
+
+
+def test_an_indefinite_upload_outweighed_by_the_others_and_missed_by_the_probes_is_merged(wide):
+    # The documented limit of psd="probe" for d > P: the wave's sum stays PSD, so only psd="cholesky" (exact per
+    # upload) rejects it.
+    bad = dataclasses.replace(_hidden_negative_direction(wide[1], 1.0), client_id=99)
+    sent = [*wide, bad]
+    assert np.linalg.eigvalsh(sum(u.xtx.astype(np.float64) for u in sent))[0] > 0
+    assert afl.aggregate(sent, dim=DP, classes=C, global_gamma=1.0, probe_seed=SEED).excluded == []
+    with pytest.warns(RejectedUploadWarning, match="positive semi-definite"):
+        exact = afl.aggregate(sent, dim=DP, classes=C, global_gamma=1.0, psd="cholesky")
+    assert [r.position for r in exact.excluded] == [KP]
+    assert np.array_equal(np.asarray(exact.weight), np.asarray(_honest_run(wide).weight))
+
+
+def test_probes_alone_reject_a_gross_forgery_and_never_an_honest_upload(wide):
+    # αI − α·11ᵀ: zero diagonal (it passes the diagonal check), eigenvalue −α(d − 1) along 1, trace 0. Any
+    # 8-dimensional random subspace holds a good part of 1, so every probe basis sees a negative Ritz value.
+    alpha = float(np.mean(np.diagonal(wide[2].xtx)))
+    bad = corrupt(wide[2], xtx=(alpha * (np.eye(DP) - np.ones((DP, DP)))).astype(np.float32))
+    for seed in range(20):
+        ok, excluded = screen([*wide, bad], kind=messages.AFLUpload, dim=DP, probe_seed=seed, warn=False)
+        assert [u.client_id for u in ok] == list(range(KP)), seed
+        assert [r.position for r in excluded] == [KP] and "Ritz value" in excluded[0].reason, seed
