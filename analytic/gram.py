@@ -89,7 +89,9 @@ def _host_gram(a: np.ndarray) -> np.ndarray:
     """``aᵀa`` with the host BLAS (runs on the host, called through :func:`jax.pure_callback`).
 
     NumPy evaluates ``a.T @ a`` for a C-contiguous ``a`` as one SYRK (half the flops of a GEMM) and mirrors the
-    computed triangle into the other, so the result is exactly symmetric without a symmetrizing pass.
+    computed triangle into the other, so the result is exactly symmetric without a symmetrizing pass. The
+    callback's fixed costs are copies, not flops: JAX hands the callback a copy of ``a`` (``O(n·d)``) and copies
+    the result into XLA's buffer (``O(d²)``), against the SYRK's ``O(n·d²)``.
     """
     try:
         # The callback receives a CPU jax.Array; DLPack views its buffer, where np.asarray would copy it again.
