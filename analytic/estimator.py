@@ -110,7 +110,7 @@ class AnalyticLinear:
                 self.buffer.out_dim if isinstance(self.buffer, RandomBuffer) else self.buffer.centers.shape[0])
             state = (gram_init(dim, 0, dt) if self.solver == "gram" else rls_init(dim, 0, self.gamma, dt))
         state = expand_classes(state, batch.width)
-        n = jnp.int32(batch.n)
+        n = np.int32(batch.n)
         if isinstance(state, GramStats):
             state, ok = _gram_step(self.buffer, state, batch.x, batch.targets, n)
             health = None

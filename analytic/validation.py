@@ -222,7 +222,6 @@ def prepare_batch(
         width = max(classes or 0, int(labels.max()) + 1)
         targets = np.zeros((rows, width), dt)
         targets[np.arange(n), labels] = 1.0
-        targets = jnp.asarray(targets)
     else:
         labels = None
         dense, width = as_targets(y, n, classes, dt, declared=declared)
@@ -230,9 +229,10 @@ def prepare_batch(
     if isinstance(feats, np.ndarray):
         padded = np.zeros((rows,) + feats.shape[1:], feats.dtype)
         padded[:n] = feats
-        device_x = jnp.asarray(padded)
     else:
-        device_x = jnp.pad(feats, ((0, rows - n),) + ((0, 0),) * (feats.ndim - 1)) if rows > n else feats
+        padded = jnp.pad(feats, ((0, rows - n),) + ((0, 0),) * (feats.ndim - 1)) if rows > n else feats
+    # One device_put for both arrays: one dispatch, and host arrays cross to the device exactly once.
+    device_x, targets = jax.device_put((padded, targets))
     return PreparedBatch(device_x, targets, labels, n, width, feats)
 
 

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
 from analytic.checkpoint import register_checkpoint_type
@@ -75,7 +76,7 @@ def update(state: ACILState, x: Any, y: Any = None) -> ACILState:
     batch = as_batch(x, y, dim=input_dim(state), classes=num_classes(state), dtype=state_dtype(state))
     head = expand_classes(state.head, batch.width)
     if isinstance(head, RidgeHead):
-        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, jnp.int32(batch.n))
+        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, np.int32(batch.n))
         health = None
     else:
         head, health = _rls_step(state.buffer, head, batch.x, batch.targets)

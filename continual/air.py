@@ -148,7 +148,7 @@ def update(state: AIRState, x: Any, y: Any = None) -> AIRState:
             class_gram=jnp.pad(state.class_gram, ((0, grow),) + ((0, 0),) * (state.class_gram.ndim - 1)),
         )
     present = jnp.asarray(_present_classes(batch.labels))
-    stats, class_gram, counts, finite = _accumulate(state, batch.x, batch.targets, jnp.int32(batch.n), present)
+    stats, class_gram, counts, finite = _accumulate(state, batch.x, batch.targets, np.int32(batch.n), present)
     # Committed only if the statistics stay finite; an overflowing row is named and `state` stays as it was.
     check_committed(finite, lambda: _features(state, jnp.asarray(batch.host_x)), stats.xtx.dtype)
     return state._replace(stats=stats, class_gram=class_gram, counts=counts)

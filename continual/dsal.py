@@ -218,12 +218,12 @@ def update(
     if gram:
         ok = jnp.asarray(True)
         for b in batches:
-            main, ok_b = _main_gram(state, main, b.x, b.targets, jnp.int32(b.n))
+            main, ok_b = _main_gram(state, main, b.x, b.targets, np.int32(b.n))
             ok = ok & ok_b
         commit(ok, None)  # before the solve: a solve of non-finite statistics would fail without naming the row
         w_main = head_weights(main)
         for b in batches:
-            comp, ok_b = _comp_gram(state, w_main, comp, b.x, b.targets, keep, jnp.int32(b.n))
+            comp, ok_b = _comp_gram(state, w_main, comp, b.x, b.targets, keep, np.int32(b.n))
             ok = ok & ok_b
         commit(ok, None)
     elif cleansing == "paper":

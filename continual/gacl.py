@@ -134,7 +134,7 @@ def update(state: GACLState, x: Any, y: Any = None, online_iter: int = 1) -> GAC
     head = expand_classes(state.head, batch.width)
     exposed = grow_mask(state.exposed, head.classes)
     if isinstance(head, RidgeHead):
-        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, jnp.int32(batch.n), int(online_iter))
+        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, np.int32(batch.n), int(online_iter))
         health = None
     else:
         feats = _features(state.buffer, batch.x, batch.targets)
