@@ -79,8 +79,10 @@ def symmetric_gram(x: jax.Array) -> jax.Array:
 
 _GramImpl = Literal["auto", "host", "xla"]
 
-# Smallest block (``n·d²``, i.e. the SYRK's multiply-adds) that "auto" sends to the host BLAS: below it the fixed
-# cost of a host callback (argument/result copies, a Python call) exceeds what SYRK saves over XLA's GEMM.
+# Smallest block that "auto" sends to the host BLAS, in columns and in SYRK multiply-adds (``n·d²``). Measured on
+# a 2-core CPU: at d <= 512 XLA's single GEMM beats the callback (its copies and Python call dominate); from
+# d = 1024 the SYRK tied or beat XLA's panel GEMMs at every batch size tried (256 to 8192 rows).
+_HOST_MIN_DIM = 1024
 _HOST_MIN_WORK = 1 << 25
 _HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -108,7 +110,7 @@ def _use_host(impl: _GramImpl, x: jax.Array) -> bool:
     if impl == "xla" or np.dtype(x.dtype) not in _HOST_DTYPES:
         return False
     n, d = x.shape
-    return impl == "host" or (jax.default_backend() == "cpu" and n * d * d >= _HOST_MIN_WORK)
+    return impl == "host" or (jax.default_backend() == "cpu" and d >= _HOST_MIN_DIM and n * d * d >= _HOST_MIN_WORK)
 
 
 def _block_products(
@@ -122,8 +124,8 @@ def _block_products(
     ``impl="xla"`` uses :func:`symmetric_gram` and symmetrizes (valid everywhere: accelerators, ``vmap``,
     ``shard_map``, autodiff). ``impl="host"`` calls the host BLAS through :func:`jax.pure_callback` (CPU backend
     only in effect; not differentiable; under ``vmap`` it loops over the batch, ``vmap_method="sequential"``).
-    ``impl="auto"`` is "host" on the CPU backend for blocks of at least ``2**25`` multiply-adds (``n·d²``) in
-    float32/float64, where SYRK beats XLA's GEMM, else "xla". Decided at trace time from
+    ``impl="auto"`` is "host" on the CPU backend for float32/float64 blocks of at least 1024 columns and ``2**25``
+    multiply-adds (``n·d²``), where SYRK measured faster than XLA's GEMMs, else "xla". Decided at trace time from
     :func:`jax.default_backend`.
     """
     cd = np.dtype(acc_dtype if compute_dtype is None else compute_dtype)
