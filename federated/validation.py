@@ -272,7 +272,7 @@ def _probe(grams: list[np.ndarray], scales: list[float], probes: int, rng: np.ra
     """Symmetry and PSD of each Gram (the ``"probe"`` mode of the module docstring): the failure text, ``None``,
     or :data:`RECHECK` when the products are not finite (the caller then runs the exact per-upload checks).
 
-    One ``Z`` per Gram shape and dtype; ``G Z`` is one product per upload, read in place (stacking the uploads
+    One ``Z`` per Gram shape and dtype; ``ZᵀG`` is one product per upload, read in place (stacking the uploads
     first costs a full extra copy), and the ``P×P`` eigenvalue problems are solved in one batched call.
     """
     out: list[str | None] = [None] * len(grams)
@@ -295,7 +295,9 @@ def _probe(grams: list[np.ndarray], scales: list[float], probes: int, rng: np.ra
             zt = np.ascontiguousarray(z.T)
             # A NaN/inf entry is expected here (it is how a non-finite G shows): no RuntimeWarning for it.
             with _one_blas_thread(), np.errstate(invalid="ignore", over="ignore"):
-                t = np.stack([zt @ (grams[i] @ z) for i in members]).astype(np.float64)
+                # (ZᵀG)Z rather than Zᵀ(GZ): the same T, and OpenBLAS streams G ~1.7x faster with the P-row
+                # operand on the left (measured at d = 512, P = 8).
+                t = np.stack([(zt @ grams[i]) @ z for i in members]).astype(np.float64)
             finite = np.isfinite(t).all(axis=(1, 2))
             t[~finite] = 0.0
             # T − Tᵀ = Zᵀ(G − Gᵀ)Z and |z_aᵀAz_b| ≤ max|A|·‖z_a‖₁‖z_b‖₁: the symmetry test needs no second product.
@@ -334,7 +336,10 @@ def sum_is_psd(gram_sum: Any, tol: float) -> bool:
         return True
     shift = tol * max(float(np.trace(s)), scale)
     try:
-        np.linalg.cholesky(s + shift * np.eye(s.shape[0]))
+        # One thread: d³/3 flops once per wave is cheap on one core, and spinning BLAS threads on a loaded
+        # machine made this factorization up to 10x slower.
+        with _one_blas_thread():
+            np.linalg.cholesky(s + shift * np.eye(s.shape[0]))
     except np.linalg.LinAlgError:
         return False
     return True
