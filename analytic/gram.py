@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic.checkpoint import register_checkpoint_type
-from analytic.dtypes import HIGHEST, pad_rows, resolve_dtype, row_bucket
+from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import check_committed, gram_finite
-from analytic.validation import as_targets, check_features
+from analytic.validation import prepare_batch
 
 __all__ = ["GramStats", "gram_init", "gram_update", "gram_merge", "gram_solve", "gram_accumulate", "symmetric_gram"]
 
@@ -172,15 +172,13 @@ def gram_update(stats: GramStats, x: Any, y: Any, compute_dtype: Any = None, cla
     :func:`analytic.health.check_committed`), so an error leaves ``stats`` as it was. Rows are zero-padded to a
     :func:`~analytic.dtypes.row_bucket` size so a short last batch does not compile a new program per size.
     """
-    x = check_features(x, dim=stats.dim)
-    t, width = as_targets(y, x.shape[0], stats.classes, stats.xty.dtype, declared=classes)
+    batch = prepare_batch(x, y, dim=stats.dim, classes=stats.classes, declared=classes, dtype=stats.xty.dtype)
     grown = stats
-    if width > stats.classes:
-        grown = stats._replace(xty=jnp.pad(stats.xty, ((0, 0), (0, width - stats.classes))))
-    n, padded = x.shape[0], row_bucket(x.shape[0])
+    if batch.width > stats.classes:
+        grown = stats._replace(xty=jnp.pad(stats.xty, ((0, 0), (0, batch.width - stats.classes))))
     cd = None if compute_dtype is None else resolve_dtype(compute_dtype)
-    new = gram_accumulate(grown, pad_rows(x, padded), pad_rows(t, padded), jnp.int32(n), cd)
-    check_committed(_finite(new), lambda: x, cd or stats.xtx.dtype)
+    new = gram_accumulate(grown, batch.x, batch.targets, jnp.int32(batch.n), cd)
+    check_committed(_finite(new), lambda: batch.host_x, cd or stats.xtx.dtype)
     return new
 
 
