@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analytic import host_kernels
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import check_committed, gram_finite
@@ -79,38 +80,18 @@ def symmetric_gram(x: jax.Array) -> jax.Array:
 
 _GramImpl = Literal["auto", "host", "xla"]
 
-# Smallest block that "auto" sends to the host BLAS, in columns and in SYRK multiply-adds (``n·d²``). Measured on
-# a 2-core CPU: at d <= 512 XLA's single GEMM beats the callback (its copies and Python call dominate); from
-# d = 1024 the SYRK tied or beat XLA's panel GEMMs at every batch size tried (256 to 8192 rows).
-_HOST_MIN_DIM = 1024
-_HOST_MIN_WORK = 1 << 25
-_HOST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _host_gram(a: np.ndarray) -> np.ndarray:
-    """``aᵀa`` with the host BLAS (runs on the host, called through :func:`jax.pure_callback`).
-
-    NumPy evaluates ``a.T @ a`` for a C-contiguous ``a`` as one SYRK (half the flops of a GEMM) and mirrors the
-    computed triangle into the other, so the result is exactly symmetric without a symmetrizing pass. The
-    callback's fixed costs are copies, not flops: JAX hands the callback a copy of ``a`` (``O(n·d)``) and copies
-    the result into XLA's buffer (``O(d²)``), against the SYRK's ``O(n·d²)``.
-    """
-    try:
-        # The callback receives a CPU jax.Array; DLPack views its buffer, where np.asarray would copy it again.
-        a = np.from_dlpack(a)
-    except (BufferError, TypeError, AttributeError):
-        a = np.asarray(a)
-    a = np.ascontiguousarray(a)
-    return a.T @ a
+# Smallest block "auto" sends to the host kernel (:func:`analytic.host_kernels.gram_add`): below it a compiled XLA
+# GEMM's few microseconds beat the FFI handler's fixed Python cost (≈ 50 µs). Measured on a 2-core CPU.
+_HOST_MIN_WORK = 1 << 18  # n·d² multiply-adds
 
 
 def _use_host(impl: _GramImpl, x: jax.Array) -> bool:
     if impl not in ("auto", "host", "xla"):
         raise ValueError(f"impl must be 'auto', 'host' or 'xla', got {impl!r}")
-    if impl == "xla" or np.dtype(x.dtype) not in _HOST_DTYPES:
+    if impl == "xla" or not host_kernels.enabled(x):
         return False
     n, d = x.shape
-    return impl == "host" or (jax.default_backend() == "cpu" and d >= _HOST_MIN_DIM and n * d * d >= _HOST_MIN_WORK)
+    return impl == "host" or n * d * d >= _HOST_MIN_WORK
 
 
 def _block_products(
@@ -122,21 +103,18 @@ def _block_products(
     The products run in ``compute_dtype`` (default ``acc_dtype``) and are cast after the product, so a float32
     block into float64 accumulators costs float32 flops and carries float32 rounding of each block only.
     ``impl="xla"`` uses :func:`symmetric_gram` and symmetrizes (valid everywhere: accelerators, ``vmap``,
-    ``shard_map``, autodiff). ``impl="host"`` calls the host BLAS through :func:`jax.pure_callback` (CPU backend
-    only in effect; not differentiable; under ``vmap`` it loops over the batch, ``vmap_method="sequential"``).
-    ``impl="auto"`` is "host" on the CPU backend for float32/float64 blocks of at least 1024 columns and ``2**25``
-    multiply-adds (``n·d²``), where SYRK measured faster than XLA's GEMMs, else "xla". Decided at trace time from
-    :func:`jax.default_backend`.
+    ``shard_map``, autodiff). ``impl="host"`` runs the host BLAS's SYRK through the XLA FFI
+    (:func:`analytic.host_kernels.gram_add`: CPU backend only in effect, no copies; not differentiable; under
+    ``vmap`` it loops over the batch). ``impl="auto"`` is "host" on the CPU backend for float32/float64 blocks of
+    at least ``2**18`` multiply-adds (``n·d²``), where it measured faster than XLA's GEMMs, else "xla". Decided
+    at trace time.
     """
     cd = np.dtype(acc_dtype if compute_dtype is None else compute_dtype)
     xc, yc = x.astype(cd), y.astype(cd)
     if _use_host(impl, xc):
-        # One SYRK of [x | y] yields xᵀx and xᵀy in one pass over the rows (plus yᵀy, c² of n·(d+c)² work): a thin
-        # xᵀy GEMM of its own runs far below the SYRK's rate. The slices below fuse into the accumulating add.
         d, c = xc.shape[1], yc.shape[1]
-        xy = jnp.concatenate([xc, yc], axis=1)
-        g = jax.pure_callback(_host_gram, jax.ShapeDtypeStruct((d + c, d + c), cd), xy, vmap_method="sequential")
-        return g[:d, :d].astype(acc_dtype), g[:d, d:].astype(acc_dtype)
+        xtx, xty = host_kernels.gram_add(jnp.zeros((d, d), cd), jnp.zeros((d, c), cd), xc, yc)
+        return xtx.astype(acc_dtype), xty.astype(acc_dtype)
     xtx = symmetric_gram(xc).astype(acc_dtype)
     xty = jnp.matmul(xc.T, yc, precision=HIGHEST, preferred_element_type=cd).astype(acc_dtype)
     # Symmetrize the block, not the sum: keeps XᵀX exactly symmetric whatever the matmul's summation order.
@@ -151,13 +129,19 @@ def gram_accumulate(
     """Pure, jittable update ``(XᵀX + xᵀx, XᵀY + xᵀy, n + rows)``; no validation, ``y`` already ``(n, c)``.
 
     ``compute_dtype`` (default: the accumulator's) is the dtype of the block product; a float32 block added into
-    float64 accumulators is the fast CPU path (DESIGN.md, Conventions/Speed). ``rows`` is the number of real
+    float64 accumulators costs float32 flops. ``rows`` is the number of real
     rows when ``x`` carries zero padding (default: all of them). ``impl`` chooses how the block products are
-    formed (see :func:`_block_products`): the default "auto" uses the host BLAS's SYRK on the CPU backend for
-    large blocks and XLA otherwise; pass ``impl="xla"`` to differentiate through the update or to keep it free
+    formed (see :func:`_block_products`): the default "auto" runs the host BLAS's SYRK on the CPU backend, in
+    place into the accumulated ``XᵀX`` (no ``d×d`` temporary), and XLA otherwise; pass ``impl="xla"`` to
+    differentiate through the update or to keep it free
     of host callbacks. The accumulated ``XᵀX`` stays exactly symmetric on every path.
     """
     acc = stats.xtx.dtype
+    if (compute_dtype is None or np.dtype(compute_dtype) == acc) and _use_host(impl, x.astype(acc)):
+        # Accumulated where the statistics lie: one SYRK into XᵀX, no d×d temporary (analytic.host_kernels).
+        xtx, xty = host_kernels.gram_add(stats.xtx, stats.xty, x, y)
+        n = x.shape[0] if rows is None else rows
+        return GramStats(xtx, xty, stats.count + jnp.asarray(n, stats.count.dtype))
     xtx, xty = _block_products(x, y, acc, compute_dtype, impl)
     n = x.shape[0] if rows is None else rows
     return GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))

@@ -73,7 +73,7 @@ def rls_health(chol: jax.Array, r_old: jax.Array, r_new: jax.Array, w_new: jax.A
     """Flags of one Woodbury step from what the step already holds (traceable; ``O(d·(b + c))`` extra work).
 
     ``chol`` is the Cholesky factor of ``K = I + X R Xᵀ``, ``x`` the batch (zero padding rows are harmless: their
-    pivots are exactly 1).
+    pivots are exactly 1); ``r_old`` is ``R`` before the step or just its diagonal.
     """
     pivots = jnp.diagonal(chol) ** 2
     diag_new = jnp.diagonal(r_new)
@@ -83,7 +83,8 @@ def rls_health(chol: jax.Array, r_old: jax.Array, r_new: jax.Array, w_new: jax.A
     finite = jnp.all(jnp.isfinite(pivots)) & jnp.all(jnp.isfinite(diag_new)) & jnp.all(jnp.isfinite(w_new))
     ok = finite & jnp.all(diag_new > 0) & (jnp.min(pivots) >= 0.5)
     eps = jnp.finfo(r_new.dtype).eps
-    rounding = r_new.shape[0] * eps * jnp.max(norms) * jnp.max(jnp.diagonal(r_old))
+    old_diag = r_old if r_old.ndim == 1 else jnp.diagonal(r_old)
+    rounding = r_new.shape[0] * eps * jnp.max(norms) * jnp.max(old_diag)
     return RLSHealth(ok, ok & (rounding <= 0.1 * low), jnp.where(finite, low, jnp.nan))
 
 

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from analytic import host_kernels
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, check_committed, rls_health
@@ -66,6 +67,12 @@ def _woodbury(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RL
     w, r = state
     x = x.astype(r.dtype)
     y = y.astype(r.dtype)
+    if host_kernels.enabled(r):
+        # CPU: the same step with the host BLAS, R updated where it lies (analytic.host_kernels.woodbury_step);
+        # R' = R − VVᵀ by a SYRK is exactly symmetric without the symmetrizing pass below.
+        r_old_diag = jnp.diagonal(r)
+        w_new, r_new, chol = host_kernels.woodbury_step(w, r, x, y)
+        return RLSState(w_new, r_new), rls_health(chol, r_old_diag, r_new, w_new, x)
     rxt = jnp.matmul(r, x.T, precision=HIGHEST)                       # R Xᵀ        (d, b)
     k = jnp.eye(x.shape[0], dtype=r.dtype) + jnp.matmul(x, rxt, precision=HIGHEST)
     chol = jnp.linalg.cholesky(0.5 * (k + k.T))

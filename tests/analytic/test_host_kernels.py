@@ -1,0 +1,134 @@
+"""The host BLAS/LAPACK kernels (analytic.host_kernels) against independent float64 computations and their XLA twins.
+
+Tolerances: the kernels and the references sum in different orders and blockings, so float64 results differ by
+rounding only (≤ 1e-12 relative for these well-conditioned systems); integer-valued data makes every product
+and sum exact, and there the paths must agree bit for bit.
+"""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from analytic import host_kernels, rls_init
+from analytic.rls import rls_step_checked
+from analytic.solve import cholesky_ridge_solve, ridge_solve
+
+pytestmark = pytest.mark.skipif(not host_kernels.enabled(jnp.zeros(1)), reason="host kernels serve the CPU backend")
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
+def test_gram_add_equals_numpy_and_is_exactly_symmetric(dtype, tol):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((37, 150)).astype(dtype), rng.standard_normal((37, 4)).astype(dtype)
+    base = rng.standard_normal((60, 150)).astype(dtype)
+    g0, h0 = base.T @ base, rng.standard_normal((150, 4)).astype(dtype)
+    g, h = jax.jit(host_kernels.gram_add)(jnp.asarray(g0), jnp.asarray(h0), jnp.asarray(x), jnp.asarray(y))
+    ref_g = g0.astype(np.float64) + x.astype(np.float64).T @ x
+    ref_h = h0.astype(np.float64) + x.astype(np.float64).T @ y
+    assert g.dtype == dtype and np.array_equal(g, np.asarray(g).T)
+    np.testing.assert_allclose(g, ref_g, rtol=0, atol=tol * np.abs(ref_g).max())
+    np.testing.assert_allclose(h, ref_h, rtol=0, atol=tol * np.abs(ref_h).max())
+
+
+def test_gram_add_leaves_its_inputs_intact_and_updates_in_place_when_donated():
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.integers(-3, 4, (9, 70)).astype(np.float64))
+    g0 = jnp.asarray(np.eye(70))
+    h0 = jnp.zeros((70, 0))
+    g, _ = jax.jit(host_kernels.gram_add)(g0, h0, x, jnp.zeros((9, 0)))
+    assert np.array_equal(g0, np.eye(70))                                 # not donated: XLA copied before aliasing
+    assert np.array_equal(g, np.eye(70) + np.asarray(x).T @ np.asarray(x))  # integers: exact
+    donated = jax.jit(host_kernels.gram_add, donate_argnums=(0,))
+    g1 = jnp.asarray(np.eye(70))
+    pointer = g1.unsafe_buffer_pointer()
+    g2, _ = donated(g1, h0, x, jnp.zeros((9, 0)))
+    assert g2.unsafe_buffer_pointer() == pointer and g1.is_deleted()       # written where the Gram lay
+    assert np.array_equal(g2, g)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-11), (np.float32, 2e-4)])
+def test_cholesky_solve_equals_float64_solve_and_the_xla_twin(dtype, tol):
+    rng = np.random.default_rng(2)
+    f = rng.standard_normal((200, 120))
+    a, b = (f.T @ f).astype(dtype), rng.standard_normal((120, 5)).astype(dtype)
+    ref = np.linalg.solve(a.astype(np.float64) + 0.5 * np.eye(120), b.astype(np.float64))
+    w, kappa = cholesky_ridge_solve(jnp.asarray(a), jnp.asarray(b), 0.5)
+    w_xla, kappa_xla = cholesky_ridge_solve(jnp.asarray(a), jnp.asarray(b), 0.5, "xla")
+    assert w.dtype == dtype
+    np.testing.assert_allclose(w, ref, rtol=0, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(w, w_xla, rtol=0, atol=tol * np.abs(ref).max())
+    np.testing.assert_allclose(float(kappa), float(kappa_xla), rtol=1e-4)
+
+
+def test_cholesky_solve_flags_corrupt_and_indefinite_systems_with_nan():
+    a = jnp.eye(4).at[0, 0].set(jnp.nan)
+    assert np.isnan(float(cholesky_ridge_solve(a, jnp.ones((4, 1)), 1.0)[1]))
+    indefinite = jnp.diag(jnp.array([1.0, -5.0, 1.0, 1.0]))
+    assert np.isnan(float(cholesky_ridge_solve(indefinite, jnp.ones((4, 1)), 1.0)[1]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ridge_solve(a, jnp.ones((4, 1)), 1.0)
+
+
+def test_ridge_solve_takes_a_vector_right_hand_side():
+    a = jnp.asarray(np.diag([1.0, 2.0, 3.0]))
+    np.testing.assert_allclose(ridge_solve(a, jnp.ones(3), 1.0), 1 / np.array([2.0, 3.0, 4.0]), rtol=1e-15)
+
+
+def test_woodbury_step_equals_the_xla_twin_and_joint_ridge_after_a_stream():
+    rng = np.random.default_rng(3)
+    d, c, gamma = 48, 3, 0.7
+    xs = rng.standard_normal((30, 10, d))
+    ys = rng.standard_normal((30, 10, c))
+    state = rls_init(d, c, gamma)
+    for x, y in zip(xs, ys):
+        state, health = rls_step_checked(state, jnp.asarray(x), jnp.asarray(y))
+        assert bool(health.ok)
+    x_all, y_all = xs.reshape(-1, d), ys.reshape(-1, c)
+    joint = np.linalg.solve(x_all.T @ x_all + gamma * np.eye(d), x_all.T @ y_all)
+    np.testing.assert_allclose(state.weight, joint, rtol=0, atol=1e-11 * np.abs(joint).max())
+    r_ref = np.linalg.inv(x_all.T @ x_all + gamma * np.eye(d))
+    np.testing.assert_allclose(state.inv_autocorr, r_ref, rtol=0, atol=1e-11 * np.abs(r_ref).max())
+    assert np.array_equal(state.inv_autocorr, np.asarray(state.inv_autocorr).T)   # SYRK update: exactly symmetric
+
+
+def test_woodbury_zero_rows_change_nothing_and_a_broken_k_is_flagged_unchanged():
+    rng = np.random.default_rng(4)
+    state = rls_init(20, 2, 1.0)
+    x, y = rng.standard_normal((5, 20)), rng.standard_normal((5, 2))
+    state, _ = rls_step_checked(state, jnp.asarray(x), jnp.asarray(y))
+    same, health = rls_step_checked(state, jnp.zeros((6, 20)), jnp.zeros((6, 2)))
+    assert bool(health.ok)
+    assert np.array_equal(same.weight, state.weight) and np.array_equal(same.inv_autocorr, state.inv_autocorr)
+    # An indefinite R makes K = I + X R Xᵀ indefinite for a suitable row: the step is flagged and not applied.
+    bad = state._replace(inv_autocorr=-jnp.eye(20) * 10.0)
+    out, health = rls_step_checked(bad, jnp.ones((1, 20)), jnp.ones((1, 2)))
+    assert not bool(health.ok)
+
+
+def test_a_failing_kernel_raises_an_xla_error_with_its_message():
+    def exploding(ins, outs):
+        raise RuntimeError("kernel exploded on purpose")
+
+    callback = host_kernels._handler(exploding)
+    jax.ffi.register_ffi_target("analytic_test_exploding", jax.ffi.pycapsule(callback), platform="cpu")
+    call = jax.ffi.ffi_call("analytic_test_exploding", jax.ShapeDtypeStruct((2,), jnp.float64))
+    with pytest.raises(Exception, match="kernel exploded on purpose"):
+        jax.block_until_ready(jax.jit(call)(jnp.ones(2)))
+
+
+def test_environment_switch_forces_the_xla_twins():
+    code = ("import jax, jax.numpy as jnp; jax.config.update('jax_enable_x64', True);"
+            "from analytic import gram_accumulate, gram_init;"
+            "print('analytic_gram_add' in str(jax.make_jaxpr(gram_accumulate)(gram_init(512, 1),"
+            " jnp.zeros((64, 512)), jnp.zeros((64, 1)))))")
+    env = {**os.environ, "ANALYTIC_HOST_KERNELS": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "ANALYTIC_HOST_KERNELS": "1"})
+    assert out.stdout.strip() == "True"
