@@ -10,8 +10,9 @@ NumPy makes once. :func:`jax.pure_callback` can reach the host BLAS, but copies 
 This module registers three handlers with the XLA FFI (:func:`jax.ffi.register_ffi_target`, typed API). Each
 handler is a Python function behind a ``ctypes`` C callback: XLA passes it pointers to its device buffers, the
 handler wraps them as NumPy arrays *in place* (no copy) and calls SciPy's BLAS/LAPACK wrappers on them, writing
-into the result buffers, which alias the accumulated state (``input_output_aliases``) so a step updates it where
-it lies. The C structures mirrored below are those of ``xla/ffi/api/c_api.h`` (API 0.x), which JAX ships.
+into the result buffers -- which may alias the accumulated state (``in_place=True``, ``input_output_aliases``) so
+a step inside a ``scan`` updates it where it lies. The C structures mirrored below are those of
+``xla/ffi/api/c_api.h`` (API 0.x), which JAX ships.
 
 * :func:`gram_add` -- ``(G + xᵀx, H + xᵀy)``: SYRK into one triangle of ``G`` plus a tiled mirror, so ``G`` stays
   exactly symmetric.
@@ -265,12 +266,18 @@ def _call(name: str, results: Sequence[jax.ShapeDtypeStruct], *args: jax.Array,
                             input_output_aliases=aliases or {})(*args)
 
 
-def gram_add(xtx: jax.Array, xty: jax.Array, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(xtx + xᵀx, xty + xᵀy)`` on the host (traceable); all operands of one dtype, ``xtx`` symmetric."""
+def gram_add(xtx: jax.Array, xty: jax.Array, x: jax.Array, y: jax.Array, in_place: bool = False
+             ) -> tuple[jax.Array, jax.Array]:
+    """``(xtx + xᵀx, xty + xᵀy)`` on the host (traceable); all operands of one dtype, ``xtx`` symmetric.
+
+    ``in_place=True`` aliases the results to ``xtx``/``xty``: use it where those buffers are dead after the call
+    (a ``scan`` carry, a donated argument). On a live buffer XLA first copies it, which measured slower than the
+    kernel's own copy into a fresh result (11 vs 4 ms at d = 1024, 10 rows).
+    """
     dt = xtx.dtype
     x, y = x.astype(dt), y.astype(dt)
     out = (jax.ShapeDtypeStruct(xtx.shape, dt), jax.ShapeDtypeStruct(xty.shape, dt))
-    new_xtx, new_xty = _call("gram_add", out, xtx, xty, x, y, aliases={0: 0, 1: 1})
+    new_xtx, new_xty = _call("gram_add", out, xtx, xty, x, y, aliases={0: 0, 1: 1} if in_place else None)
     return new_xtx, new_xty
 
 
@@ -282,13 +289,14 @@ def cholesky_solve(a: jax.Array, b: jax.Array, gamma: Any) -> tuple[jax.Array, j
     return tuple(_call("cholesky_solve", out, a, b.astype(dt), jnp.asarray(gamma, dt)))
 
 
-def woodbury_step(weight: jax.Array, inv_autocorr: jax.Array, x: jax.Array, y: jax.Array
+def woodbury_step(weight: jax.Array, inv_autocorr: jax.Array, x: jax.Array, y: jax.Array, in_place: bool = False
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(W', R', L)`` of one Woodbury step on the host (traceable), ``L`` the Cholesky factor of
-    ``K = I + X R Xᵀ`` (NaN when ``K`` was not positive definite; then ``W'``, ``R'`` are ``W``, ``R``)."""
+    ``K = I + X R Xᵀ`` (NaN when ``K`` was not positive definite; then ``W'``, ``R'`` are ``W``, ``R``).
+    ``in_place`` as for :func:`gram_add`."""
     dt = inv_autocorr.dtype
     x, y = x.astype(dt), y.astype(dt)
     b = x.shape[0]
     out = (jax.ShapeDtypeStruct(weight.shape, dt), jax.ShapeDtypeStruct(inv_autocorr.shape, dt),
            jax.ShapeDtypeStruct((b, b), dt))
-    return tuple(_call("woodbury_step", out, weight, inv_autocorr, x, y, aliases={0: 0, 1: 1}))
+    return tuple(_call("woodbury_step", out, weight, inv_autocorr, x, y, aliases={0: 0, 1: 1} if in_place else None))

@@ -19,6 +19,7 @@ resolution, so a float32 stream beyond its precision raises instead of turning N
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -63,7 +64,7 @@ def rls_init(dim: int, classes: int = 0, gamma: float = 1.0, dtype: Any = None) 
     return RLSState(jnp.zeros((dim, classes), dt), jnp.eye(dim, dtype=dt) / jnp.asarray(gamma, dt))
 
 
-def _woodbury(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RLSHealth]:
+def _woodbury(state: RLSState, x: jax.Array, y: jax.Array, in_place: bool = False) -> tuple[RLSState, RLSHealth]:
     w, r = state
     x = x.astype(r.dtype)
     y = y.astype(r.dtype)
@@ -71,7 +72,7 @@ def _woodbury(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RL
         # CPU: the same step with the host BLAS, R updated where it lies (analytic.host_kernels.woodbury_step);
         # R' = R − VVᵀ by a SYRK is exactly symmetric without the symmetrizing pass below.
         r_old_diag = jnp.diagonal(r)
-        w_new, r_new, chol = host_kernels.woodbury_step(w, r, x, y)
+        w_new, r_new, chol = host_kernels.woodbury_step(w, r, x, y, in_place)
         return RLSState(w_new, r_new), rls_health(chol, r_old_diag, r_new, w_new, x)
     rxt = jnp.matmul(r, x.T, precision=HIGHEST)                       # R Xᵀ        (d, b)
     k = jnp.eye(x.shape[0], dtype=r.dtype) + jnp.matmul(x, rxt, precision=HIGHEST)
@@ -85,10 +86,14 @@ def _woodbury(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RL
     return RLSState(w_new, r_new), rls_health(chol, r, r_new, w_new, x)
 
 
-@jax.jit
-def rls_step_checked(state: RLSState, x: jax.Array, y: jax.Array) -> tuple[RLSState, RLSHealth]:
-    """:func:`rls_step` plus its :class:`~analytic.health.RLSHealth` flags (computed from the step's own factors)."""
-    return _woodbury(state, x, y)
+@partial(jax.jit, static_argnames="in_place")
+def rls_step_checked(state: RLSState, x: jax.Array, y: jax.Array, in_place: bool = False
+                     ) -> tuple[RLSState, RLSHealth]:
+    """:func:`rls_step` plus its :class:`~analytic.health.RLSHealth` flags (computed from the step's own factors).
+
+    ``in_place=True`` (inside a ``scan`` over steps, where the carried state is dead after each step) lets the
+    CPU host kernel update ``R`` where it lies (:func:`analytic.host_kernels.woodbury_step`)."""
+    return _woodbury(state, x, y, in_place)
 
 
 @jax.jit

@@ -144,7 +144,7 @@ def _online_pass(
     batches = (feats.reshape(-1, batch_size, feats.shape[1]), targets.reshape(-1, batch_size, targets.shape[1]))
 
     def step(carry: tuple[RLSState, RLSHealth], batch: tuple[jax.Array, jax.Array]):
-        new, health = rls_step_checked(carry[0], *batch)
+        new, health = rls_step_checked(carry[0], *batch, in_place=True)  # the carry is dead after
         return (new, merge_health(carry[1], health)), None
 
     return jax.lax.scan(step, (head, healthy(head.weight.dtype)), batches)[0]
