@@ -131,20 +131,20 @@ def gram_accumulate(
     ``compute_dtype`` (default: the accumulator's) is the dtype of the block product; a float32 block added into
     float64 accumulators costs float32 flops. ``rows`` is the number of real
     rows when ``x`` carries zero padding (default: all of them). ``impl`` chooses how the block products are
-    formed (see :func:`_block_products`): the default "auto" runs the host BLAS's SYRK on the CPU backend, in
-    place into the accumulated ``XᵀX`` (no ``d×d`` temporary), and XLA otherwise; pass ``impl="xla"`` to
+    formed (see :func:`_block_products`): the default "auto" runs the host BLAS's SYRK on the CPU backend,
+    onto the accumulated ``XᵀX`` (no separate ``d×d`` block), and XLA otherwise; pass ``impl="xla"`` to
     differentiate through the update or to keep it free
     of host callbacks. The accumulated ``XᵀX`` stays exactly symmetric on every path.
     """
     acc = stats.xtx.dtype
     if (compute_dtype is None or np.dtype(compute_dtype) == acc) and _use_host(impl, x.astype(acc)):
-        # Accumulated where the statistics lie: one SYRK into XᵀX, no d×d temporary (analytic.host_kernels).
+        # One SYRK onto (a copy of) the accumulated XᵀX: no separate d×d block to add (analytic.host_kernels).
         xtx, xty = host_kernels.gram_add(stats.xtx, stats.xty, x, y)
-        n = x.shape[0] if rows is None else rows
-        return GramStats(xtx, xty, stats.count + jnp.asarray(n, stats.count.dtype))
-    xtx, xty = _block_products(x, y, acc, compute_dtype, impl)
+    else:
+        block_xtx, block_xty = _block_products(x, y, acc, compute_dtype, impl)
+        xtx, xty = stats.xtx + block_xtx, stats.xty + block_xty
     n = x.shape[0] if rows is None else rows
-    return GramStats(stats.xtx + xtx, stats.xty + xty, stats.count + jnp.asarray(n, stats.count.dtype))
+    return GramStats(xtx, xty, stats.count + jnp.asarray(n, stats.count.dtype))
 
 
 def gram_update(stats: GramStats, x: Any, y: Any, compute_dtype: Any = None, classes: int | None = None) -> GramStats:
