@@ -35,6 +35,26 @@ def test_gram_add_equals_numpy_and_is_exactly_symmetric(dtype, tol):
     np.testing.assert_allclose(h, ref_h, rtol=0, atol=tol * np.abs(ref_h).max())
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_helper_equals_numpy_for_every_layout_and_empty_shapes(dtype):
+    # Integer-valued operands: every product and sum is exact, so layouts must agree bit for bit.
+    rng = np.random.default_rng(7)
+    a, b = rng.integers(-4, 5, (6, 9)).astype(dtype), rng.integers(-4, 5, (9, 5)).astype(dtype)
+    for left in (a, np.asfortranarray(a), a.T.copy().T, np.ascontiguousarray(a[:, ::-1])[:, ::-1]):
+        for right in (b, np.asfortranarray(b), b.T):
+            right = right if right.shape == b.shape else right.T
+            assert np.array_equal(host_kernels._gemm(left, right), a @ b)
+    c = rng.integers(-4, 5, (6, 5)).astype(dtype)
+    out = c.copy()
+    host_kernels._gemm(a, b, out=out, alpha=-2.0, beta=3.0)
+    assert np.array_equal(out, 3 * c - 2 * (a @ b))
+    assert host_kernels._gemm(a[:, :0], b[:0]).shape == (6, 5) and not host_kernels._gemm(a[:, :0], b[:0]).any()
+    assert host_kernels._gemm(a[:0], b).shape == (0, 5)
+    out = c.copy()
+    host_kernels._gemm(a[:, :0], b[:0], out=out, beta=2.0)
+    assert np.array_equal(out, 2 * c)
+
+
 def test_gram_add_leaves_its_inputs_intact_and_updates_in_place_when_donated():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.integers(-3, 4, (9, 70)).astype(np.float64))
