@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from analytic import host_kernels
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 
@@ -98,7 +99,7 @@ class RandomBuffer:
 
 @jax.jit
 def _apply_buffer(buf: RandomBuffer, x: jax.Array) -> jax.Array:
-    z = jnp.matmul(x.astype(buf.weight.dtype), buf.weight, precision=HIGHEST)
+    z = host_kernels.matmul(x.astype(buf.weight.dtype), buf.weight)
     if buf.bias is not None:
         z = z + buf.bias
     return ACTIVATIONS[buf.activation](z)
@@ -179,4 +180,4 @@ def feature_fusion(
         h = h * ln_scale
     if ln_bias is not None:
         h = h + ln_bias
-    return jax.nn.sigmoid(jnp.matmul(h, projection.astype(h.dtype), precision=HIGHEST))
+    return jax.nn.sigmoid(host_kernels.matmul(h, projection.astype(h.dtype)))
