@@ -152,3 +152,19 @@ def test_environment_switch_forces_the_xla_twins():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "ANALYTIC_HOST_KERNELS": "1"})
     assert out.stdout.strip() == "True"
+
+
+def test_matmul_equals_numpy_and_differentiates_like_the_xla_dot():
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((70, 64)), rng.standard_normal((64, 90))  # 70·64·90 ≥ 2**18: the host path
+    assert a.shape[0] * a.shape[1] * b.shape[1] >= host_kernels._MATMUL_MIN_FLOPS
+    np.testing.assert_allclose(jax.jit(host_kernels.matmul)(a, b), a @ b, rtol=1e-13, atol=1e-13)
+
+    def loss(mm):
+        return lambda p, q: jnp.sum(jnp.tanh(mm(p, q)))
+
+    xla = loss(lambda p, q: jnp.matmul(p, q, precision=jax.lax.Precision.HIGHEST))
+    for got, want in zip(jax.grad(loss(host_kernels.matmul), (0, 1))(a, b), jax.grad(xla, (0, 1))(a, b)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    small = rng.standard_normal((3, 4))
+    np.testing.assert_allclose(host_kernels.matmul(small, small.T), small @ small.T, rtol=1e-14)
