@@ -7,6 +7,14 @@ final LayerNorm -> fixed random projection ``P`` -> sigmoid) and a ridge head is
 squares on every mini-batch of 10 samples (``R₀ = I/γ``, γ = 1). The stream is seen once; after any number
 of mini-batches ``W`` equals the joint ridge solution on the fused features of all samples seen.
 
+That equality lets the head be kept in either of two exact forms (``solver``), as for ACIL:
+
+* ``"gram"`` (default): the fused features' additive statistics (:class:`analytic.lazy_solve.RidgeHead`), one
+  SYRK per chunk, ``W`` solved on read and cached until the next update. The cheaper form whenever ``W`` is read
+  less often than every few mini-batches (e.g. once per task); ``batch_size`` then does not change the result.
+* ``"rls"``: the authors' recursion, one Woodbury step per mini-batch of ``batch_size`` samples, ``W`` current
+  after each (test-then-train protocols that predict after every mini-batch).
+
 As in the authors' code (METHODS.md 2b) ``P`` is ``nn.Linear(D, P, bias=False)``'s untrained default init
 ``U(±1/√D)``; ``W`` may hold columns for every class from the start, so classes never seen in the stream are
 masked at prediction (their zero column would otherwise win whenever all seen logits are negative). The authors
@@ -29,9 +37,10 @@ from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
+from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_predict, rls_step_checked
 from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma
-from continual._wrapper import ContinualClassifier, as_batch, grow_mask, mask_unseen, real_rows
+from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
 
 __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
 
@@ -41,22 +50,24 @@ class FOALState(NamedTuple):
     """Attributes:
       projection: ``(D, P)`` fixed random projection of the fusion.
       ln_scale, ln_bias: ``(D,)`` affine of the backbone's final LayerNorm, or ``None`` (no affine).
-      head: :class:`analytic.RLSState`, ``weight (P, c)``.
+      head: :class:`analytic.lazy_solve.RidgeHead` (``solver="gram"``) or :class:`analytic.RLSState`
+        (``solver="rls"``); both have ``.weight (P, c)``.
       seen: ``(c,)`` boolean, classes with at least one sample so far.
     """
 
     projection: jax.Array
     ln_scale: jax.Array | None
     ln_bias: jax.Array | None
-    head: RLSState
+    head: RidgeHead | RLSState
     seen: jax.Array
 
 
 def init(
     token_dim: int, classes: int = 0, gamma: float = 1.0, *, projection_dim: int = 1000,
-    ln_scale: Any = None, ln_bias: Any = None, seed: int = 0, dtype: Any = None,
+    ln_scale: Any = None, ln_bias: Any = None, seed: int = 0, dtype: Any = None, solver: str = "gram",
 ) -> FOALState:
-    """Projection ``token_dim -> projection_dim`` (768 -> 1000 for ViT-B/16) and an empty head."""
+    """Projection ``token_dim -> projection_dim`` (768 -> 1000 for ViT-B/16) and an empty head (``W₀ = 0``;
+    ``R₀ = I/γ`` for ``solver="rls"``)."""
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
     projection = RandomBuffer(token_dim, projection_dim, "identity", seed, "torch_linear", dtype=dt).weight
@@ -67,7 +78,8 @@ def init(
             if value.shape != (token_dim,) or not bool(jnp.isfinite(value).all()):
                 raise ValueError(f"{name} must be a finite ({token_dim},) vector, got shape {tuple(value.shape)}")
         affine.append(value)
-    return FOALState(projection, *affine, rls_init(projection_dim, classes, gamma, dt), jnp.zeros((classes,), bool))
+    head = (head_init if check_solver(solver) == "gram" else rls_init)(projection_dim, classes, gamma, dt)
+    return FOALState(projection, *affine, head, jnp.zeros((classes,), bool))
 
 
 def input_dim(state: FOALState) -> int:
@@ -109,7 +121,8 @@ def fused_features(state: FOALState, block_cls: jax.Array) -> jax.Array:
 
 def update(state: FOALState, block_cls: Any, y: Any = None, batch_size: int = 10) -> FOALState:
     """One online pass over ``block_cls: (n, L, D)``, class ids ``y: (n,)`` (or a prepared batch as
-    ``block_cls``): one RLS step per ``batch_size`` rows, the authors' per-mini-batch protocol."""
+    ``block_cls``): with an RLS head one step per ``batch_size`` rows, the authors' per-mini-batch protocol;
+    with a Gram head one accumulation of all rows (the same ``W``)."""
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     dtype = state_dtype(state)
@@ -123,13 +136,25 @@ def update(state: FOALState, block_cls: Any, y: Any = None, batch_size: int = 10
     # (0/inf -> 0), so it is refused here, before the bounded sigmoid could hide it.
     check_committed(not overflowing_rows(flat(), dtype).size, flat, dtype, name="block_cls", what="class tokens")
     head = expand_classes(state.head, batch.width)
-    head, health = _online_pass(state, head, batch.x, batch.targets, int(batch_size))
+    if isinstance(head, RidgeHead):
+        head, ok = _gram_pass(state, head, batch.x, batch.targets, np.int32(batch.n))
+        health = None
+    else:
+        head, health = _online_pass(state, head, batch.x, batch.targets, int(batch_size))
+        ok = health.ok
     # One check per pass (one scalar read): an overflowing sample or a broken recursion raises and `state` stays.
-    check_committed(health.ok, lambda: fused_features(state, jnp.asarray(tokens)), dtype, name="block_cls",
+    check_committed(ok, lambda: fused_features(state, jnp.asarray(tokens)), dtype, name="block_cls",
                     what="fused features", health=health)
     present = np.zeros(batch.width, bool)
     present[batch.labels] = True
     return state._replace(head=head, seen=grow_mask(state.seen, batch.width) | jnp.asarray(present))
+
+
+@jax.jit
+def _gram_pass(
+    state: FOALState, head: RidgeHead, block_cls: jax.Array, targets: jax.Array, rows: jax.Array
+) -> tuple[RidgeHead, jax.Array]:
+    return head_accumulate(head, real_rows(fused_features(state, block_cls), targets), targets, rows)
 
 
 @partial(jax.jit, static_argnames="batch_size")
@@ -144,8 +169,13 @@ def _online_pass(
     batches = (feats.reshape(-1, batch_size, feats.shape[1]), targets.reshape(-1, batch_size, targets.shape[1]))
 
     def step(carry: tuple[RLSState, RLSHealth], batch: tuple[jax.Array, jax.Array]):
-        new, health = rls_step_checked(carry[0], *batch, in_place=True)  # the carry is dead after
-        return (new, merge_health(carry[1], health)), None
+        def learn(carry: tuple[RLSState, RLSHealth]) -> tuple[RLSState, RLSHealth]:
+            new, health = rls_step_checked(carry[0], *batch, in_place=True)  # the carry is dead after
+            return new, merge_health(carry[1], health)
+
+        # A mini-batch of padding only would be an exact no-op costing a full pass over R: skip it (the row
+        # bucket of a 10-row chunk is 16 rows, i.e. two mini-batches of which one is empty).
+        return jax.lax.cond(jnp.any(batch[1] != 0), learn, lambda carry: carry, carry), None
 
     return jax.lax.scan(step, (head, healthy(head.weight.dtype)), batches)[0]
 
@@ -161,18 +191,20 @@ class FOAL(ContinualClassifier):
 
     _module = sys.modules[__name__]
     _update_options = ("batch_size",)
+    _legacy_params = {"solver": "rls"}
 
     def __init__(
         self, gamma: float = 1.0, *, projection_dim: int = 1000, batch_size: int = 10, ln_scale: Any = None,
-        ln_bias: Any = None, seed: int = 0, dtype: Any = None,
+        ln_bias: Any = None, seed: int = 0, dtype: Any = None, solver: str = "gram",
     ) -> None:
         check_gamma(gamma)
+        check_solver(solver)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         # LayerNorm affine kept as lists so that the options stay JSON-storable in checkpoints.
         ln_scale, ln_bias = (None if v is None else np.asarray(v, np.float64).tolist() for v in (ln_scale, ln_bias))
         super().__init__(gamma=gamma, projection_dim=projection_dim, batch_size=int(batch_size), ln_scale=ln_scale,
-                         ln_bias=ln_bias, seed=seed, dtype=dtype)
+                         ln_bias=ln_bias, seed=seed, dtype=dtype, solver=solver)
 
     def _check_x(self, x: Any, name: str = "x") -> jax.Array:
         return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name)
