@@ -193,32 +193,65 @@ def merge_uploads(stats: GramStats, uploads: Sequence[Any], gram: str = "xtx", c
 
 def screen_and_merge(stats: GramStats, run_screen: Any, psd: str, gram: str = "xtx",
                      cross: str = "xty") -> tuple[Any, GramStats]:
-    """Screen a wave, certify and merge it: ``run_screen(psd)`` returns a tuple whose first item is the accepted
-    uploads; returns ``(that tuple, stats ⊕ their sum)``.
+    """Screen a wave, certify and merge it: ``run_screen(psd, on_checked)`` screens (passing ``on_checked`` to
+    :func:`federated.validation.screen`, or ignoring it) and returns a tuple whose first item is the accepted
+    uploads; returns ``(that tuple, stats ⊕ their sum)``. An honest wave is summed during its screening.
 
     With ``psd="probe"`` the wave's summed Gram must pass :func:`federated.validation.sum_is_psd` (one
     Cholesky factorization, at the loosest tolerance of the uploads' dtypes); if it does not, some accepted
-    upload is indefinite, and the wave is screened again by ``run_screen("cholesky")`` -- the exact per-upload
+    upload is indefinite, and the wave is screened again by ``run_screen("cholesky", None)`` -- the exact per-upload
     check -- whose verdict is final. The accepted uploads are re-summed in their input order, so the merge equals
     that of the wave without the rejected messages, bit for bit.
     """
-    out = run_screen(psd)
+    dt = np.dtype(stats.xtx.dtype)
+    speculative = _SpeculativeSum(stats.dim, stats.classes, dt, gram, cross)
+    out = run_screen(psd, speculative)
     uploads = out[0]
     if not uploads:
         return out, stats
-    classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
-    dt = np.dtype(stats.xtx.dtype)
-    wave = _wave_sum(stats.dim, classes, dt, uploads, gram, cross)
+    wave = speculative.result(uploads)
+    if wave is None:  # something was rejected after its checks: sum the accepted uploads afresh, in input order
+        classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
+        wave = _wave_sum(stats.dim, classes, dt, uploads, gram, cross)
     if psd == "probe":
         tol = max(tolerance(getattr(m, gram).dtype, stats.dim) for m in uploads)
         if not sum_is_psd(wave[0], tol):
-            out = run_screen("cholesky")
+            out = run_screen("cholesky", None)
             uploads = out[0]
             if not uploads:
                 return out, stats
             classes = max(stats.classes, *(np.shape(getattr(m, cross))[1] for m in uploads))
             wave = _wave_sum(stats.dim, classes, dt, uploads, gram, cross)
     return out, _onto(stats, *wave)
+
+
+class _SpeculativeSum:
+    """:func:`_wave_sum` built during screening (``on_checked`` of :func:`federated.validation.screen`): each
+    upload that passed its own checks is added, its Gram during its probe product, so an honest wave's Grams are
+    read from memory about once. Valid only if exactly the uploads it holds were accepted, in that order --
+    then it is the same additions in the same order as :func:`_wave_sum`, bit for bit."""
+
+    def __init__(self, dim: int, classes: int, dtype: np.dtype, gram: str, cross: str) -> None:
+        self.xtx = np.zeros((dim, dim), dtype)
+        self.xty = np.zeros((dim, classes), dtype)
+        self.count, self.members, self.gram, self.cross = 0, [], gram, cross
+
+    def __call__(self, upload: Any) -> np.ndarray | None:
+        """Add the upload's cross-moments and count; return the array its Gram is to be added into."""
+        g, r = getattr(upload, self.gram), getattr(upload, self.cross)
+        if g.shape != self.xtx.shape or r.ndim != 2 or r.shape[0] != self.xtx.shape[0]:
+            self.members.append(None)  # not the server's shape: it will be rejected, and this sum discarded
+            return None
+        if r.shape[1] > self.xty.shape[1]:
+            self.xty = np.pad(self.xty, ((0, 0), (0, r.shape[1] - self.xty.shape[1])))
+        self.xty[:, : r.shape[1]] += r
+        self.count += int(upload.count)
+        self.members.append(upload)
+        return self.xtx
+
+    def result(self, accepted: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, int] | None:
+        same = len(accepted) == len(self.members) and all(a is b for a, b in zip(accepted, self.members))
+        return (self.xtx, self.xty, self.count) if same else None
 
 
 def server_update(
@@ -236,7 +269,8 @@ def server_update(
     messages = list(messages)
     psd = checks.pop("psd", DEFAULT_PSD)
     (accepted, excluded), stats = screen_and_merge(
-        state.stats, lambda mode: _accept(state, messages, validate, psd=mode, **checks), psd if validate else "none")
+        state.stats, lambda mode, on_checked: _accept(state, messages, validate, psd=mode, on_checked=on_checked,
+                                                     **checks), psd if validate else "none")
     warn_rejections(excluded)
     if not accepted:
         return state, excluded

@@ -245,12 +245,12 @@ class DeepAFLServer:
         self.last_screen: ScreenResult | None = None
         self.comm = CommLog()
 
-    def _screen(self, uploads: Sequence[Any], kind: type, dim: int, psd: str):
+    def _screen(self, uploads: Sequence[Any], kind: type, dim: int, psd: str, on_checked: Any = None):
         """Screen one round without touching the server: ``(accepted, rejections, newly excluded, the screen's
-        own rejections)``."""
+        own rejections)``; ``on_checked`` as for :func:`federated.validation.screen`."""
         uploads = list(uploads)
         ok, screened = screen(uploads, kind=kind, dim=dim, classes=self.setup.classes, layer=self.layer, psd=psd,
-                              probes=self.probes, probe_seed=self._probe_rng, warn=False)
+                              probes=self.probes, probe_seed=self._probe_rng, warn=False, on_checked=on_checked)
         bad = list(screened)
         rejected_at = {r.position for r in bad}
         accepted = []
@@ -292,7 +292,8 @@ class DeepAFLServer:
         """Screen, certify the sum (:func:`federated.afl.screen_and_merge`) and merge one round's uploads."""
         uploads = list(uploads)
         (ok, bad, dropped, screened), stats = screen_and_merge(
-            gram_init(dim, self.setup.classes, self.dtype), lambda mode: self._screen(uploads, kind, dim, mode),
+            gram_init(dim, self.setup.classes, self.dtype),
+            lambda mode, on_checked: self._screen(uploads, kind, dim, mode, on_checked),
             self.psd, gram, cross)
         warn_rejections(screened)
         return ok, bad, dropped, stats

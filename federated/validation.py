@@ -33,10 +33,14 @@ merged (the sum form of the absolute aggregation law of AFL, Zhuang et al. 2024,
     probe exposes it or it makes the wave's merged Gram indefinite; one whose negative part the other uploads
     outweigh and the probes miss can be merged -- the merged Gram is then still PSD (the solve stays
     well-posed), as after merging any valid-looking forgery, which no server can tell from an honest upload.
-    Use ``"cholesky"`` when every single upload must be certified. A float32 Gram is not scanned entry by entry
-    in this mode: a NaN/inf entry reaches ``T`` (no entry of ``Z`` is zero) and such an upload -- or one whose
-    products overflow float32 -- is then checked exactly; every finite float32 is below the magnitude bound;
-    and ``max|diag G|`` stands for ``max|G|`` in the tolerances (equal for a PSD ``G``, by Cauchy–Schwarz).
+    Use ``"cholesky"`` when every single upload must be certified. A Gram is not scanned entry by entry in this
+    mode (it is read about once, for its probe product, and the server's sum reuses that read): a NaN/inf entry
+    reaches ``T`` (no entry of ``Z`` is zero) and such an upload -- or one whose products overflow -- is then
+    checked exactly; the magnitude bound is checked on the diagonal, and ``max|diag G|`` stands for ``max|G|`` in
+    the tolerances (equal for a PSD ``G``, by Cauchy–Schwarz). An off-diagonal entry beyond the bound makes ``G``
+    indefinite (``|Gᵢⱼ| ≤ √(GᵢᵢGⱼⱼ)`` for a PSD ``G``): like any indefinite upload it is rejected when a probe
+    exposes it or the sum certificate fails (the sum indefinite or not finite), and otherwise merged into a sum
+    that is finite and PSD.
   * ``"cholesky"``: exact per upload -- ``max|G − Gᵀ|``, then a Cholesky factorization of
     ``G + tol·max(tr G, max|G|)·I`` (``d³/3`` flops per upload), which fails exactly when ``λ_min`` is below the
     bound, up to rounding. ``"eigvalsh"`` checks the eigenvalue bound literally; ``"none"`` checks symmetry
@@ -62,7 +66,7 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -205,22 +209,21 @@ def _peak(who: str, name: str, a: np.ndarray) -> float:
 
 
 def _check_gram(who: str, name: str, g: np.ndarray, scale: float, psd: str) -> None:
-    """The per-upload Gram checks of ``g`` whose ``max |entry|`` is ``scale``; with ``psd="probe"`` only the
-    diagonal (symmetry and PSD are then :func:`_probe`'s, batched over the screened uploads)."""
+    """The exact per-upload Gram checks of ``g`` whose ``max |entry|`` is ``scale``; none with ``psd="probe"``
+    (the diagonal, symmetry and PSD are then :class:`_Prober`'s)."""
+    if psd == "probe":
+        return
     d = g.shape[0]
     tol = tolerance(g.dtype, d)
-    if psd != "probe":
-        g64 = g.astype(np.float64)
-        asym = float(np.abs(g64 - g64.T).max()) if g.size else 0.0
-        if asym > tol * max(scale, np.finfo(np.float64).tiny):
-            raise ValueError(f"{who}: {name} is not symmetric (max |G - G^T| = {asym:.3g}, max |G| = {scale:.3g})")
+    g64 = g.astype(np.float64)
+    asym = float(np.abs(g64 - g64.T).max()) if g.size else 0.0
+    if asym > tol * max(scale, np.finfo(np.float64).tiny):
+        raise ValueError(f"{who}: {name} is not symmetric (max |G - G^T| = {asym:.3g}, max |G| = {scale:.3g})")
     if psd == "none" or scale == 0.0:
         return
     diag = np.diagonal(g)
     if float(diag.min()) < -tol * scale:
         raise ValueError(f"{who}: {name} is not positive semi-definite (diagonal entry {diag.min():.3g} < 0)")
-    if psd == "probe":
-        return
     trace = float(np.sum(diag, dtype=np.float64))
     shift = tol * max(trace, scale)
     if psd == "eigvalsh":
@@ -268,57 +271,130 @@ def _one_blas_thread() -> Any:
 RECHECK = "<recheck exactly>"
 
 
-def _probe(grams: list[np.ndarray], scales: list[float], probes: int, rng: np.random.Generator) -> list[str | None]:
-    """Symmetry and PSD of each Gram (the ``"probe"`` mode of the module docstring): the failure text, ``None``,
-    or :data:`RECHECK` when the products are not finite (the caller then runs the exact per-upload checks).
+_BLOCK_BYTES = 1 << 17  # row blocks of a Gram that stay in cache between the probe product and the sum
 
-    One ``Z`` per Gram shape and dtype; ``ZᵀG`` is one product per upload, read in place (stacking the uploads
-    first costs a full extra copy), and the ``P×P`` eigenvalue problems are solved in one batched call.
+
+def _probe_product(g: np.ndarray, z: np.ndarray | None,
+                   sink: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(T, diag G)`` with ``T = ZᵀGZ`` in float64 (``G`` itself in float64 when ``Z = I``); ``T`` is not finite
+    when ``G`` holds a NaN/inf.
+
+    ``G`` is read once, in blocks of rows that stay in cache for everything done with them: the product, the
+    diagonal (read on its own from a Gram in memory, it costs a cache miss per entry), and with ``sink`` (an array
+    of ``G``'s shape) the addition ``sink += G`` -- elementwise the same additions, measured 334 vs 508 ms for
+    1000 Grams at d = 512 against a separate sum.
     """
-    out: list[str | None] = [None] * len(grams)
-    groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (g, scale) in enumerate(zip(grams, scales)):
-        if scale > 0.0:  # an all-zero Gram is symmetric and PSD
-            groups.setdefault((g.shape, g.dtype), []).append(i)
-    for (shape, dtype), members in groups.items():
-        d = shape[0]
-        tol = tolerance(dtype, d)
-        z = _probe_basis(d, probes, rng, dtype)
-        if z is None:
-            # Z = I: the exact checks, G − Gᵀ and the spectrum of G itself (d ≤ P, so this is cheap).
-            stack = np.stack([grams[i] for i in members]).astype(np.float64)
-            finite = np.isfinite(stack).all(axis=(1, 2))
-            stack[~finite] = 0.0
-            asym = np.abs(stack - stack.transpose(0, 2, 1)).max(axis=(1, 2))
-            low = np.linalg.eigvalsh(stack)[:, 0]
+    if z is None:
+        if sink is not None:
+            sink += g
+        return g.astype(np.float64), np.diagonal(g).copy()
+    zt = z.T
+    rows = max(8, _BLOCK_BYTES // max(1, g.shape[1] * g.itemsize))
+    diag = np.empty(g.shape[0], g.dtype)
+    # A NaN/inf entry is expected here (it is how a non-finite G shows): no RuntimeWarning for it. (ZᵀG)Z rather
+    # than Zᵀ(GZ): the same T, and OpenBLAS streams G ~1.7x faster with the P-row operand on the left (d = 512).
+    with np.errstate(invalid="ignore", over="ignore"):
+        acc = np.zeros((z.shape[1], g.shape[1]), np.result_type(z, g))
+        for i in range(0, g.shape[0], rows):
+            block = g[i:i + rows]
+            acc += zt[:, i:i + rows] @ block
+            diag[i:i + rows] = np.diagonal(block, offset=i)
+            if sink is not None:
+                sink[i:i + rows] += block
+        return (acc @ z).astype(np.float64), diag
+
+
+def _probe_verdicts(grams: list[np.ndarray], diags: list[np.ndarray], products: list[np.ndarray],
+                    z: np.ndarray | None) -> list[str | None]:
+    """The ``"probe"`` verdicts of Grams of one shape and dtype from their diagonals and products ``T``
+    (:func:`_probe_product` with the same ``z``): the failure text, ``None``, or :data:`RECHECK` -- the exact
+    per-upload checks decide -- when ``T`` or the diagonal is not finite or the diagonal exceeds :data:`MAX_ENTRY`.
+    ``max|diag G|`` stands for ``max|G|`` (a zero diagonal: ``G`` is scanned for it, and an all-zero ``G``
+    passes); the ``P×P`` eigenvalue problems are solved in one batched call."""
+    d, dtype = grams[0].shape[0], grams[0].dtype
+    tol = tolerance(dtype, d)
+    t = np.stack(products)
+    dg = np.stack(diags).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        scales = np.abs(dg).max(axis=1)
+        usable = np.isfinite(t).all(axis=(1, 2)) & np.isfinite(scales) & (scales <= MAX_ENTRY)
+    for j in np.flatnonzero(usable & (scales == 0)):
+        # A zero diagonal: G is zero if PSD, and its own max |entry| is the scale of the tests below (rare).
+        peak = float(np.abs(grams[j]).max())
+        usable[j] = math.isfinite(peak) and peak <= MAX_ENTRY
+        scales[j] = peak
+    t[~usable] = 0.0
+    if z is None:
+        # Z = I: the exact checks, G − Gᵀ and the spectrum of G itself (d ≤ P, so this is cheap).
+        asym = np.abs(t - t.transpose(0, 2, 1)).max(axis=(1, 2))
+        low = np.linalg.eigvalsh(t)[:, 0]
+    else:
+        # T − Tᵀ = Zᵀ(G − Gᵀ)Z and |z_aᵀAz_b| ≤ max|A|·‖z_a‖₁‖z_b‖₁: the symmetry test needs no second product.
+        l1 = np.abs(z).sum(axis=0, dtype=np.float64)
+        asym = (np.abs(t - t.transpose(0, 2, 1)) / np.multiply.outer(l1, l1)).max(axis=(1, 2))
+        low = np.linalg.eigvalsh(0.5 * (t + t.transpose(0, 2, 1)))[:, 0]
+    out: list[str | None] = []
+    for j in range(len(grams)):
+        if not usable[j]:
+            out.append(RECHECK)
+            continue
+        scale, smallest = float(scales[j]), float(dg[j].min())
+        shift = tol * max(float(dg[j].sum()), scale)
+        if scale == 0.0:
+            out.append(None)  # an all-zero Gram is symmetric and PSD
+        elif smallest < -tol * scale:
+            out.append(f"is not positive semi-definite (diagonal entry {smallest:.3g} < 0)")
+        elif asym[j] > tol * scale:
+            what = ("max |G - G^T|" if z is None
+                    else f"max |u^T (G - G^T) v|/(|u|_1 |v|_1) over {z.shape[1]} random directions")
+            out.append(f"is not symmetric ({what} = {asym[j]:.3g}, max |G| = {scale:.3g})")
+        elif low[j] < -shift:
+            what = "min eigenvalue" if z is None else f"min Ritz value on {z.shape[1]} random directions"
+            out.append(f"is not positive semi-definite ({what} {low[j]:.3g} < -{shift:.3g})")
         else:
-            zt = np.ascontiguousarray(z.T)
-            # A NaN/inf entry is expected here (it is how a non-finite G shows): no RuntimeWarning for it.
-            with _one_blas_thread(), np.errstate(invalid="ignore", over="ignore"):
-                # (ZᵀG)Z rather than Zᵀ(GZ): the same T, and OpenBLAS streams G ~1.7x faster with the P-row
-                # operand on the left (measured at d = 512, P = 8).
-                t = np.stack([(zt @ grams[i]) @ z for i in members]).astype(np.float64)
-            finite = np.isfinite(t).all(axis=(1, 2))
-            t[~finite] = 0.0
-            # T − Tᵀ = Zᵀ(G − Gᵀ)Z and |z_aᵀAz_b| ≤ max|A|·‖z_a‖₁‖z_b‖₁: the symmetry test needs no second product.
-            l1 = np.abs(z).sum(axis=0, dtype=np.float64)
-            asym = (np.abs(t - t.transpose(0, 2, 1)) / np.multiply.outer(l1, l1)).max(axis=(1, 2))
-            low = np.linalg.eigvalsh(0.5 * (t + t.transpose(0, 2, 1)))[:, 0]
-        for j, i in enumerate(members):
-            if not finite[j]:
-                out[i] = RECHECK  # a NaN/inf entry, or products beyond float32 range: the exact checks decide
-                continue
-            scale = scales[i]
-            trace = float(np.trace(grams[i], dtype=np.float64))
-            shift = tol * max(trace, scale)
-            if asym[j] > tol * max(scale, np.finfo(np.float64).tiny):
-                what = ("max |G - G^T|" if z is None
-                        else f"max |u^T (G - G^T) v|/(|u|_1 |v|_1) over {z.shape[1]} random directions")
-                out[i] = f"is not symmetric ({what} = {asym[j]:.3g}, max |G| = {scale:.3g})"
-            elif low[j] < -shift:
-                what = "min eigenvalue" if z is None else f"min Ritz value on {z.shape[1]} random directions"
-                out[i] = f"is not positive semi-definite ({what} {low[j]:.3g} < -{shift:.3g})"
+            out.append(None)
     return out
+
+
+class _Prober:
+    """The ``"probe"`` checks of the module docstring -- diagonal, finiteness, symmetry, PSD -- upload by upload.
+
+    :meth:`add` reads an upload's Gram once (:func:`_probe_product`: ``T = ZᵀGZ``, the diagonal, and optionally
+    the server's sum, :func:`federated.afl.screen_and_merge`); :meth:`verdicts` decides them all, batched per
+    Gram shape and dtype. One ``Z`` per shape and dtype, drawn from the server's generator in the order the
+    shapes first appear.
+    """
+
+    def __init__(self, probes: int, rng: np.random.Generator) -> None:
+        self.probes, self.rng = probes, rng
+        self.bases: dict[tuple[Any, ...], np.ndarray | None] = {}
+        self.members: dict[tuple[Any, ...], list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {}
+
+    def add(self, key: int, g: np.ndarray, sink: np.ndarray | None = None) -> None:
+        """Probe ``g`` (its verdict is read by ``key``), adding it into ``sink`` on the way if given."""
+        group = (g.shape, g.dtype)
+        if group not in self.bases:
+            self.bases[group] = _probe_basis(g.shape[0], self.probes, self.rng, g.dtype)
+        t, diag = _probe_product(g, self.bases[group], sink)
+        self.members.setdefault(group, []).append((key, g, diag, t))
+
+    def verdicts(self) -> dict[int, str | None]:
+        out: dict[int, str | None] = {}
+        for group, rows in self.members.items():
+            keys, grams, diags, products = zip(*rows)
+            out.update(zip(keys, _probe_verdicts(list(grams), list(diags), list(products), self.bases[group])))
+        return out
+
+
+def _probe(grams: list[np.ndarray], probes: int, rng: np.random.Generator) -> list[str | None]:
+    """The :class:`_Prober` verdicts of ``grams``: the failure text, ``None``, or :data:`RECHECK` (the caller then
+    runs the exact per-upload checks)."""
+    prober = _Prober(probes, rng)
+    with _one_blas_thread():
+        for i, g in enumerate(grams):
+            prober.add(i, g)
+    verdicts = prober.verdicts()
+    return [verdicts.get(i) for i in range(len(grams))]
 
 
 def sum_is_psd(gram_sum: Any, tol: float) -> bool:
@@ -359,7 +435,10 @@ def _check_settings(kind: Any, dim: Any, classes: Any, layer: Any, psd: Any) -> 
 
 def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None, layer: int | None,
                dtype: Any, psd: str) -> tuple[Any, str, np.ndarray, float]:
-    """:func:`check_upload` without the ``"probe"`` checks: ``(normalized copy, who, gram, max|gram|)``."""
+    """:func:`check_upload` without the ``"probe"`` checks: ``(normalized copy, who, gram, max|gram|)``.
+
+    With ``psd="probe"`` the Gram is not read here at all (``max|gram|`` is NaN): its diagonal, finiteness,
+    symmetry and PSD are :class:`_Prober`'s, from one read of the Gram (module docstring)."""
     if type(message) is not kind:
         raise TypeError(f"expected a {kind.__name__}, got {type(message).__name__}")
     cid = normalize_client_id(message.client_id)
@@ -376,13 +455,6 @@ def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None
     gram, scale = _check_array(who, gram_name, getattr(message, gram_name), (dim, dim), dtype, scan=psd != "probe")
     if gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise ValueError(f"{who}: {gram_name} must be square and non-empty, got shape {gram.shape}")
-    if psd == "probe":
-        # A float32 Gram is not scanned here: its finiteness is read off the probe products (see _probe), every
-        # finite float32 is below MAX_ENTRY, and max|diag| stands for max|G| (equal for a PSD G, by
-        # Cauchy–Schwarz). A float64 Gram, or one whose diagonal gives no scale, is scanned in full.
-        scale = float(np.abs(np.diagonal(gram)).max()) if gram.dtype == np.float32 else math.nan
-        if not (math.isfinite(scale) and scale > 0.0):
-            scale = _peak(who, gram_name, gram)
     cross, _ = _check_array(who, cross_name, getattr(message, cross_name), (gram.shape[0], None), dtype)
     if classes is not None and cross.shape[1] > classes:
         raise ValueError(f"{who}: {cross_name} has {cross.shape[1]} columns, more than the {classes} classes")
@@ -425,7 +497,7 @@ def check_upload(
     clean, who, gram, scale = _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype,
                                          psd=psd)
     if psd == "probe":
-        failure = _probe([gram], [scale], _probe_count(probes), _rng(probe_seed))[0]
+        failure = _probe([gram], _probe_count(probes), _rng(probe_seed))[0]
         if failure == RECHECK:
             return _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype,
                               psd="cholesky")[0]
@@ -455,7 +527,8 @@ def _rejection(position: int, message: Any, text: str) -> Rejection:
 
 
 def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = True, psd: str = DEFAULT_PSD,
-           probes: int = PROBES, probe_seed: Any = None, **checks: Any) -> ScreenResult:
+           probes: int = PROBES, probe_seed: Any = None, on_checked: Callable[[Any], None] | None = None,
+           **checks: Any) -> ScreenResult:
     """Split ``messages`` into accepted (normalized) ones and :class:`Rejection` records; ``checks`` go to
     :func:`check_upload` (``kind`` is required); ``psd``, ``probes``, ``probe_seed`` as in the module docstring.
 
@@ -464,6 +537,12 @@ def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = Tr
     ``messages`` is rejected (its rows would otherwise be counted twice). The first valid upload per id wins;
     rejected messages never reserve an id. Raises only for a wrong server setting (checked before any message),
     never for a message. ``"probe"`` alone does not certify the sum: the servers add :func:`sum_is_psd`.
+
+    ``on_checked(message)`` (optional) is called, in input order, with each normalized message that passed its
+    own checks, right after them; it may return an array of the Gram's shape, into which the Gram is then added
+    during its probe product (one read from memory for both). It is a hint, not a verdict (the probes, ids and
+    re-checks decide after the pass): the servers use it to sum the wave speculatively and keep that sum only if
+    every message it holds was accepted.
     """
     _check_settings(checks.get("kind"), checks.get("dim"), checks.get("classes"), checks.get("layer"), psd)
     probes = _probe_count(probes)
@@ -471,16 +550,27 @@ def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = Tr
     messages = list(messages)
     failures: dict[int, str] = {}
     passed: list[tuple[int, Any, str, np.ndarray, float]] = []
-    for position, message in enumerate(messages):
-        try:
-            passed.append((position, *_check_one(message, psd=psd, **{"dim": None, "classes": None, "layer": None,
-                                                                        "dtype": None, **checks})))
-        except Exception as err:  # noqa: BLE001 - whatever a malformed message provokes must not abort the round
-            failures[position] = _error_text(err)
-    if psd == "probe" and passed:
+    prober = _Prober(probes, _rng(probe_seed)) if psd == "probe" else None
+    # One thread for the skinny probe products (see _one_blas_thread); nothing else in this loop calls BLAS.
+    with _one_blas_thread() if prober is not None else contextlib.nullcontext():
+        for position, message in enumerate(messages):
+            try:
+                row = (position, *_check_one(message, psd=psd, **{"dim": None, "classes": None, "layer": None,
+                                                                 "dtype": None, **checks}))
+            except Exception as err:  # noqa: BLE001 - whatever a malformed message provokes must not abort the round
+                failures[position] = _error_text(err)
+                continue
+            passed.append(row)
+            sink = on_checked(row[1]) if on_checked is not None else None
+            if prober is not None:
+                prober.add(position, row[3], sink)
+            elif sink is not None:
+                sink += row[3]
+    if prober is not None:
         gram_name = _FIELDS[checks["kind"]][0]
-        verdicts = _probe([p[3] for p in passed], [p[4] for p in passed], probes, _rng(probe_seed))
-        for (position, _, who, *_), failure in zip(passed, verdicts):
+        verdicts = prober.verdicts()
+        for position, _, who, *_ in passed:
+            failure = verdicts.get(position)
             if failure == RECHECK:
                 try:
                     _check_one(messages[position], psd="cholesky", **{"dim": None, "classes": None, "layer": None,

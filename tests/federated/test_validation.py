@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from federated import afl, deepafl, messages, partition
+from federated import afl, deepafl, messages, partition, validation
 from federated.validation import PROBES, RejectedUploadWarning, check_upload, screen
 
 D, C, GAMMA = 6, 3, 1.0
@@ -245,3 +245,22 @@ def test_probes_alone_reject_a_gross_forgery_and_never_an_honest_upload(wide):
         ok, excluded = screen([*wide, bad], kind=messages.AFLUpload, dim=DP, probe_seed=seed, warn=False)
         assert [u.client_id for u in ok] == list(range(KP)), seed
         assert [r.position for r in excluded] == [KP] and "Ritz value" in excluded[0].reason, seed
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_probe_product_reads_the_gram_once_for_product_diagonal_and_sum(dtype):
+    # Blocks of rows (several per Gram at d = 200 with 128 KiB blocks in float64): the sink receives exactly
+    # sink + G (the same elementwise additions), the diagonal is G's, and T equals ZᵀGZ up to summation order.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30, 200))
+    g = (x.T @ x).astype(dtype)
+    z = np.linalg.qr(rng.standard_normal((200, 8)))[0].astype(dtype)
+    base = rng.standard_normal((200, 200))
+    sink = base.copy()
+    t, diag = validation._probe_product(g, z, sink)
+    assert np.array_equal(sink, base + g) and np.array_equal(diag, np.diagonal(g))
+    ref = z.T.astype(np.float64) @ g.astype(np.float64) @ z.astype(np.float64)
+    tol = 1e-12 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(t, ref, rtol=0, atol=tol * np.abs(ref).max())
+    t_alone, diag_alone = validation._probe_product(g, z)
+    assert np.array_equal(t_alone, t) and np.array_equal(diag_alone, diag)
