@@ -29,7 +29,8 @@ import numpy as np
 
 from analytic import RandomBuffer, gram_accumulate, gram_init, gram_update, ridge_fit, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
-from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.dtypes import resolve_dtype
+from analytic.host_kernels import matmul
 from analytic.validation import check_features, check_gamma, check_labels
 from federated import messages as msg
 from federated.afl import pad_client_data, screen_and_merge
@@ -99,21 +100,21 @@ def omega_solve(
     """
     lam1, u1 = jnp.linalg.eigh(0.5 * (block_gram + block_gram.T))
     if thin:
-        lam2, v = jnp.linalg.eigh(jnp.matmul(weight.T, weight, precision=HIGHEST))
-        rhs, right = jnp.matmul(block_residual, v, precision=HIGHEST), jnp.matmul(v.T, weight.T, precision=HIGHEST)
+        lam2, v = jnp.linalg.eigh(matmul(weight.T, weight))
+        rhs, right = matmul(block_residual, v), matmul(v.T, weight.T)
     else:
-        lam2, u2 = jnp.linalg.eigh(jnp.matmul(weight, weight.T, precision=HIGHEST))
-        rhs = jnp.matmul(block_residual, jnp.matmul(weight.T, u2, precision=HIGHEST), precision=HIGHEST)
+        lam2, u2 = jnp.linalg.eigh(matmul(weight, weight.T))
+        rhs = matmul(block_residual, matmul(weight.T, u2))
         right = u2.T
     # Both matrices are PSD; rounding can leave eigenvalues at -1e-16·λmax, which must not cancel γ.
     lam1, lam2 = jnp.maximum(lam1, 0.0), jnp.maximum(lam2, 0.0)
-    core = jnp.matmul(u1.T, rhs, precision=HIGHEST) / (lam1[:, None] * lam2[None, :] + gamma)
-    return jnp.matmul(jnp.matmul(u1, core, precision=HIGHEST), right, precision=HIGHEST)
+    core = matmul(u1.T, rhs) / (lam1[:, None] * lam2[None, :] + gamma)
+    return matmul(matmul(u1, core), right)
 
 
 @jax.jit
 def _advance(block: RandomBuffer, phi: jax.Array, omega: jax.Array) -> jax.Array:
-    return phi + jnp.matmul(block(phi), omega, precision=HIGHEST)
+    return phi + matmul(block(phi), omega)
 
 
 @jax.jit
@@ -121,8 +122,8 @@ def forward(model: DeepAFLModel, x: jax.Array) -> jax.Array:
     """Logits ``Φ_T W_T`` for ``x: (n, d)`` (no validation; see :meth:`DeepAFL.decision_function`)."""
     phi = model.input_layer(x)
     for block, omega in zip(model.blocks, model.omegas):
-        phi = phi + jnp.matmul(block(phi), omega, precision=HIGHEST)
-    return jnp.matmul(phi, model.weight, precision=HIGHEST)
+        phi = phi + matmul(block(phi), omega)
+    return matmul(phi, model.weight)
 
 
 def _check_setup(setup: msg.DeepAFLSetup) -> msg.DeepAFLSetup:
@@ -149,7 +150,7 @@ def fit_centralized(
     phi, omegas = first(x), []
     for block in blocks:
         w = ridge_fit(phi, targets, setup.lam, form="primal")
-        residual = targets - jnp.matmul(phi, w, precision=HIGHEST)
+        residual = targets - matmul(phi, w)
         stats = gram_update(gram_init(setup.block_dim, setup.classes, dt), block(phi), residual)
         omegas.append(omega_solve(stats.xtx, stats.xty, w, setup.gamma))
         phi = _advance(block, phi, omegas[-1])
@@ -169,13 +170,13 @@ def _masked_stats(features: jax.Array, targets: jax.Array, mask: jax.Array) -> t
 def _block_stats(block: RandomBuffer, phi: jax.Array, targets: jax.Array, weight: jax.Array, mask: jax.Array):
     """``Fₜ = σ(ΦₜBₜ + cₜ)`` and the block upload ``(FₜᵀFₜ, FₜᵀRₜ)`` with ``Rₜ = Y − ΦₜWₜ`` (padding masked)."""
     features = block(phi)
-    residual = (targets - jnp.matmul(phi, weight, precision=HIGHEST)) * mask[:, None]
+    residual = (targets - matmul(phi, weight)) * mask[:, None]
     return (features, *_masked_stats(features, residual, mask))
 
 
 @jax.jit
 def _add_product(phi: jax.Array, features: jax.Array, omega: jax.Array) -> jax.Array:
-    return phi + jnp.matmul(features, omega, precision=HIGHEST)
+    return phi + matmul(features, omega)
 
 
 class DeepAFLClient:
