@@ -37,8 +37,11 @@ def git_revision() -> str:
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
+        # Result files are left out: a benchmark that writes after each section would otherwise call its own
+        # later writes "dirty".
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+             ":(top,exclude)benchmarks/results"], capture_output=True, text=True,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
