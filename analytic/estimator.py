@@ -7,6 +7,7 @@ solution, METHODS.md section 1) -- the property every analytic learner is built 
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from analytic.buffers import GaussianKernelBuffer, RandomBuffer
 from analytic.checkpoint import load_state, save_state
 from analytic.classes import expand_classes
 from analytic.dtypes import resolve_dtype
-from analytic.gram import GramStats, gram_accumulate, gram_init, gram_solve
-from analytic.health import RLSHealth, check_committed, gram_finite
+from analytic.gram import GramStats, gram_accumulate_checked, gram_init, gram_solve
+from analytic.health import RLSHealth, check_committed
 from analytic.rls import RLSState, rls_init, rls_predict, rls_step_checked
 from analytic.validation import check_classes, check_features, check_gamma, check_labels, prepare_batch
 
@@ -35,12 +36,13 @@ def _padded_features(buffer: Buffer | None, x: jax.Array, n: jax.Array, dtype: A
     return jnp.where((jnp.arange(x.shape[0]) < n)[:, None], feats, 0.0)
 
 
-@jax.jit
+@partial(jax.jit, donate_argnums=(1,))
 def _gram_step(
     buffer: Buffer | None, stats: GramStats, x: jax.Array, targets: jax.Array, n: jax.Array
 ) -> tuple[GramStats, jax.Array]:
-    new = gram_accumulate(stats, _padded_features(buffer, x, n, stats.xtx.dtype), targets, n)
-    return new, gram_finite(new.xtx, new.xty)
+    # The estimator owns its statistics: donated and updated where they lie (a refused batch leaves them as they
+    # were, analytic.gram.gram_accumulate_checked).
+    return gram_accumulate_checked(stats, _padded_features(buffer, x, n, stats.xtx.dtype), targets, n, in_place=True)
 
 
 @jax.jit
@@ -62,6 +64,11 @@ class AnalyticLinear:
       classes: declare the number of classes up front; labels ≥ it are then refused instead of growing the head.
 
     Attributes (after fitting): ``coef_`` ``(d_features, c)``, ``n_classes_``, ``n_features_in_``, ``state_``.
+
+    With ``solver="gram"`` each ``partial_fit`` updates the statistics in place (their buffers are donated to the
+    compiled step; on the CPU backend no ``d×d`` buffer is allocated per batch): arrays taken from ``state_``
+    before a call are invalid after it -- copy them (``np.array(...)``) to keep them. A NumPy view of them
+    (``np.asarray``) keeps them valid instead, at the cost of one copy in the next call.
     """
 
     def __init__(self, gamma: float = 1.0, buffer: Buffer | None = None, solver: str = "gram", dtype: Any = None,
@@ -104,7 +111,7 @@ class AnalyticLinear:
         dt = resolve_dtype(self.dtype if self.state_ is None else self.state_[0].dtype)
         batch = prepare_batch(x, y, dim=self._input_dim(), classes=max(width, declared or 0), declared=declared,
                               dtype=dt)
-        state = self.state_
+        state, previous = self.state_, self.state_
         if state is None:
             dim = batch.x.shape[1] if self.buffer is None else (
                 self.buffer.out_dim if isinstance(self.buffer, RandomBuffer) else self.buffer.centers.shape[0])
@@ -118,8 +125,14 @@ class AnalyticLinear:
             state, health = _rls_step(self.buffer, state, batch.x, batch.targets, n)
             ok = health.ok
         feats = batch.host_x if self.buffer is None else None
-        check_committed(ok, lambda: feats if feats is not None else self.buffer(jnp.asarray(batch.host_x)), dt,
-                        health=health)
+        try:
+            check_committed(ok, lambda: feats if feats is not None else self.buffer(jnp.asarray(batch.host_x)), dt,
+                            health=health)
+        except Exception:
+            if isinstance(state, GramStats) and previous is not None:
+                # The donated statistics came back unchanged (only wider by this batch's new class columns).
+                self.state_ = state._replace(xty=state.xty[:, : previous.classes])
+            raise
         self.state_, self.classes, self._coef = state, declared, None
         return self
 

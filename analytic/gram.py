@@ -21,7 +21,10 @@ from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import check_committed, gram_finite
 from analytic.validation import prepare_batch
 
-__all__ = ["GramStats", "gram_init", "gram_update", "gram_merge", "gram_solve", "gram_accumulate", "symmetric_gram"]
+__all__ = [
+    "GramStats", "gram_init", "gram_update", "gram_merge", "gram_solve", "gram_accumulate", "gram_accumulate_checked",
+    "symmetric_gram",
+]
 
 
 @register_checkpoint_type
@@ -145,6 +148,32 @@ def gram_accumulate(
         xtx, xty = stats.xtx + block_xtx, stats.xty + block_xty
     n = x.shape[0] if rows is None else rows
     return GramStats(xtx, xty, stats.count + jnp.asarray(n, stats.count.dtype))
+
+
+@partial(jax.jit, static_argnames=("compute_dtype", "impl", "in_place"))
+def gram_accumulate_checked(
+    stats: GramStats, x: jax.Array, y: jax.Array, rows: Any = None, compute_dtype: Any = None,
+    impl: _GramImpl = "auto", in_place: bool = False,
+) -> tuple[GramStats, jax.Array]:
+    """:func:`gram_accumulate` that commits only sound statistics: ``(stats', ok)``.
+
+    ``ok`` is :func:`analytic.health.gram_finite` of the sum (on the CPU host path: that, decided before anything
+    is written, with the diagonal at most half the dtype's range); when it is ``False``, ``stats'`` holds exactly
+    the values of ``stats`` (the batch is not counted either). So a caller may *donate* ``stats`` to the jitted
+    step that calls this with ``in_place=True`` -- the statistics are then updated where they lie, without a fresh
+    ``d×d`` buffer per batch -- and still keep the previous statistics when the batch is refused. Without donation
+    ``in_place=True`` is still correct (XLA copies the aliased input first), only slower.
+    """
+    acc = stats.xtx.dtype
+    n = jnp.asarray(x.shape[0] if rows is None else rows, stats.count.dtype)
+    if (compute_dtype is None or np.dtype(compute_dtype) == acc) and _use_host(impl, x.astype(acc)):
+        xtx, xty, flag = host_kernels.gram_add_checked(stats.xtx, stats.xty, x, y, in_place)
+        ok = flag.astype(bool)
+    else:
+        new = gram_accumulate(stats, x, y, rows, compute_dtype, impl)
+        ok = gram_finite(new.xtx, new.xty)
+        xtx, xty = jnp.where(ok, new.xtx, stats.xtx), jnp.where(ok, new.xty, stats.xty)
+    return GramStats(xtx, xty, stats.count + jnp.where(ok, n, jnp.zeros_like(n))), ok
 
 
 def gram_update(stats: GramStats, x: Any, y: Any, compute_dtype: Any = None, classes: int | None = None) -> GramStats:

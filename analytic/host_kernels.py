@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import blas, lapack
 
-__all__ = ["enabled", "matmul", "gram_add", "cholesky_solve", "woodbury_step"]
+__all__ = ["enabled", "matmul", "gram_add", "gram_add_checked", "cholesky_solve", "woodbury_step"]
 
 
 # -- the C structures of xla/ffi/api/c_api.h that a handler reads or writes ----------------------------------------
@@ -218,6 +218,26 @@ def _gram_add_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     _gemm(x.T, y, out=new_xty, beta=1.0)
 
 
+def _gram_add_checked_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
+    xtx, xty, x, y = ins
+    new_xtx, new_xty, ok = outs
+    # Decided before anything is written, so a refused batch leaves aliased (donated) statistics untouched. A finite
+    # diagonal bounds every entry of the PSD sum (|Gᵢⱼ| ≤ √(GᵢᵢGⱼⱼ)); half the dtype's range leaves room for the
+    # SYRK's rounding differing from this sum's.
+    diag = np.diagonal(xtx) + (x * x).sum(axis=0)
+    cross = _gemm(x.T, y, out=xty.copy(), beta=1.0)
+    limit = np.finfo(xtx.dtype).max / 2
+    good = bool(np.isfinite(diag).all() and (diag.size == 0 or diag.max() <= limit) and np.isfinite(cross).all())
+    _copy_unless_aliased(new_xtx, xtx)
+    if good:
+        _syrk_into(new_xtx, x, 1.0)
+        if new_xty.size:
+            new_xty[...] = cross
+    else:
+        _copy_unless_aliased(new_xty, xty)
+    ok[...] = good
+
+
 def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     a, b, gamma = ins
     w, kappa = outs
@@ -269,7 +289,8 @@ def _matmul_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     _gemm(a, b, out=out)
 
 
-_KERNELS = {"matmul": _matmul_kernel, "gram_add": _gram_add_kernel, "cholesky_solve": _cholesky_solve_kernel,
+_KERNELS = {"matmul": _matmul_kernel, "gram_add": _gram_add_kernel, "gram_add_checked": _gram_add_checked_kernel,
+            "cholesky_solve": _cholesky_solve_kernel,
             "woodbury_step": _woodbury_kernel}
 _REGISTERED: dict[str, Any] = {}  # the C callbacks must outlive every compiled program that calls them
 _LOCK = threading.Lock()
@@ -351,6 +372,19 @@ def gram_add(xtx: jax.Array, xty: jax.Array, x: jax.Array, y: jax.Array, in_plac
     out = (jax.ShapeDtypeStruct(xtx.shape, dt), jax.ShapeDtypeStruct(xty.shape, dt))
     new_xtx, new_xty = _call("gram_add", out, xtx, xty, x, y, aliases={0: 0, 1: 1} if in_place else None)
     return new_xtx, new_xty
+
+
+def gram_add_checked(xtx: jax.Array, xty: jax.Array, x: jax.Array, y: jax.Array, in_place: bool = False
+                     ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`gram_add` that adds only a sound batch: ``(xtx', xty', ok)``. ``ok`` (int32 0/1) says the new
+    diagonal and cross-moments are finite and the diagonal at most half the dtype's range (then every entry is);
+    when it is 0, ``xtx'``/``xty'`` are ``xtx``/``xty`` -- also where ``in_place=True`` aliases them, since the
+    test runs before anything is written."""
+    dt = xtx.dtype
+    x, y = x.astype(dt), y.astype(dt)
+    out = (jax.ShapeDtypeStruct(xtx.shape, dt), jax.ShapeDtypeStruct(xty.shape, dt),
+           jax.ShapeDtypeStruct((), jnp.int32))
+    return tuple(_call("gram_add_checked", out, xtx, xty, x, y, aliases={0: 0, 1: 1} if in_place else None))
 
 
 def cholesky_solve(a: jax.Array, b: jax.Array, gamma: Any) -> tuple[jax.Array, jax.Array]:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import resolve_dtype
-from analytic.gram import GramStats, gram_accumulate, gram_init
+from analytic.gram import GramStats, gram_accumulate_checked, gram_init
 from analytic.health import gram_finite
 from analytic.validation import check_gamma
 
@@ -71,11 +71,13 @@ def head_init(dim: int, classes: int = 0, gamma: float = 1.0, dtype: Any = None)
     return RidgeHead(gram_init(dim, classes, dt), jnp.asarray(gamma, dt))
 
 
-@partial(jax.jit, static_argnames=("repeats",))
+@partial(jax.jit, static_argnames=("repeats", "in_place"))
 def head_accumulate(
-    head: RidgeHead, x: jax.Array, targets: jax.Array, rows: Any = None, repeats: int = 1
+    head: RidgeHead, x: jax.Array, targets: jax.Array, rows: Any = None, repeats: int = 1, in_place: bool = False
 ) -> tuple[RidgeHead, jax.Array]:
-    """Add a padded batch (traceable): returns the new head and its health flag (:func:`head_finite`).
+    """Add a padded batch (traceable): returns the new head and its health flag -- :func:`head_finite` of the sum;
+    when it is ``False`` the returned head holds the values of ``head`` (:func:`analytic.gram_accumulate_checked`,
+    whose ``in_place`` this passes on, for a donated ``head``).
 
     ``repeats = k`` adds the batch ``k`` times, i.e. ``k XᵀX`` and ``k XᵀY`` (rows scaled by ``√k``; ``k = 1``
     is exact), which is what fitting the same batch ``k`` times by the recursion amounts to.
@@ -83,8 +85,10 @@ def head_accumulate(
     if repeats != 1:
         scale = jnp.sqrt(jnp.asarray(repeats, head.dtype))
         x, targets = x.astype(head.dtype) * scale, targets.astype(head.dtype) * scale
-    new = head._replace(stats=gram_accumulate(head.stats, x, targets, rows))
-    return new, head_finite(new)
+    # Checked: a refused batch gives back the same statistics, so a caller may donate the head (``in_place``,
+    # :func:`analytic.gram.gram_accumulate_checked`).
+    stats, ok = gram_accumulate_checked(head.stats, x, targets, rows, in_place=in_place)
+    return head._replace(stats=stats), ok
 
 
 def head_finite(head: RidgeHead) -> jax.Array:

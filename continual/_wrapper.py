@@ -32,6 +32,7 @@ from analytic.validation import (
     check_labels,
     prepare_batch,
 )
+from continual._donation import donating
 
 #: Solvers of the learners' heads: additive statistics solved lazily on read, or the Woodbury recursion.
 SOLVERS = ("gram", "rls")
@@ -96,6 +97,11 @@ class ContinualClassifier:
     ``num_classes``), validates its options and passes them as keywords to ``__init__``; they become attributes
     and :meth:`get_params`. Options named in ``_update_options`` go to ``update``, all others to ``init``.
     ``state`` is ``None`` until the first :meth:`partial_fit`.
+
+    A Gram head (``solver="gram"``) is updated in place by :meth:`partial_fit` (its buffers are donated to the
+    compiled step, :mod:`continual._donation`): arrays taken from ``state`` before a call are invalid after it --
+    copy them (``np.array(...)``) to keep them; a NumPy view (``np.asarray``) keeps them valid instead, at the cost
+    of one copy in the next call. The functional ``update`` never consumes its argument.
     """
 
     _module: ClassVar[Any]
@@ -160,8 +166,16 @@ class ContinualClassifier:
         state = self.state if self.state is not None else self._init_state(self._input_width(x), declared or 0)
         batch = prepare_batch(x, labels, dim=None, classes=self._module.num_classes(state),
                               dtype=self._module.state_dtype(state), validate=False)
-        new_state = self._update(state, batch)
-        # Only now does the learner change: any exception above left it untouched.
+        # The learner owns its state, so its Gram head may be updated in place (continual._donation); a refused
+        # batch hands back the unchanged state, which is kept.
+        with donating() as donation:
+            try:
+                new_state = self._update(state, batch)
+            except Exception:
+                if donation.restored is not None and self.state is not None:
+                    self.state = donation.restored
+                raise
+        # Only now does the learner change: any exception above left it as it was.
         self.state, self.n_classes_declared_ = new_state, declared
         return self
 

@@ -28,9 +28,10 @@ import numpy as np
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
-from analytic.health import RLSHealth, check_committed
+from analytic.health import RLSHealth
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.validation import check_features, check_gamma
+from continual._donation import commit, head_step, trim_head
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, real_rows
 
 __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
@@ -82,18 +83,19 @@ def update(state: ACILState, x: Any, y: Any = None) -> ACILState:
         head, health = _rls_step(state.buffer, head, batch.x, batch.targets)
         ok = health.ok
     # Committed only if sound (one scalar read): an overflowing row or a broken recursion raises and `state`
-    # stays as it was.
-    check_committed(ok, lambda: state.buffer(jnp.asarray(batch.host_x)), state_dtype(state),
-                    what="buffered features", health=health)
+    # stays as it was (a donated Gram head comes back unchanged, continual._donation).
+    restore = (lambda: state._replace(head=trim_head(head, num_classes(state)))) if health is None else None
+    commit(ok, lambda: state.buffer(jnp.asarray(batch.host_x)), state_dtype(state), restore,
+           what="buffered features", health=health)
     return state._replace(head=head)
 
 
-@jax.jit
+@head_step()
 def _gram_step(
-    buffer: RandomBuffer, head: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array
+    buffer: RandomBuffer, head: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array, in_place: bool
 ) -> tuple[RidgeHead, jax.Array]:
     # Buffer then the core's accumulation and finite check, one compiled program per (row bucket, width).
-    return head_accumulate(head, real_rows(buffer(x), targets), targets, rows)
+    return head_accumulate(head, real_rows(buffer(x), targets), targets, rows, in_place=in_place)
 
 
 @jax.jit

@@ -33,7 +33,6 @@ On the recursion that is ``k`` steps on the batch; on the Gram path it is ``k`` 
 from __future__ import annotations
 
 import sys
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -43,10 +42,11 @@ import numpy as np
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
-from analytic.health import RLSHealth, check_committed, healthy, merge_health
+from analytic.health import RLSHealth, healthy, merge_health
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
 from analytic.validation import check_features, check_gamma
+from continual._donation import commit, head_step, trim_head
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
 
 __all__ = ["GACLState", "init", "update", "eclg_step", "eclg_step_checked", "predict", "GACL"]
@@ -118,11 +118,12 @@ def eclg_step_checked(
     return rls_step_checked(head, x, targets)
 
 
-@partial(jax.jit, static_argnames=("repeats",))
+@head_step("repeats")
 def _gram_step(
-    buffer: RandomBuffer | None, head: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array, repeats: int
+    buffer: RandomBuffer | None, head: RidgeHead, x: jax.Array, targets: jax.Array, rows: jax.Array, repeats: int,
+    in_place: bool,
 ) -> tuple[RidgeHead, jax.Array]:
-    return head_accumulate(head, _features(buffer, x, targets), targets, rows, repeats=repeats)
+    return head_accumulate(head, _features(buffer, x, targets), targets, rows, repeats=repeats, in_place=in_place)
 
 
 def update(state: GACLState, x: Any, y: Any = None, online_iter: int = 1) -> GACLState:
@@ -134,7 +135,7 @@ def update(state: GACLState, x: Any, y: Any = None, online_iter: int = 1) -> GAC
     head = expand_classes(state.head, batch.width)
     exposed = grow_mask(state.exposed, head.classes)
     if isinstance(head, RidgeHead):
-        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, np.int32(batch.n), int(online_iter))
+        head, ok = _gram_step(state.buffer, head, batch.x, batch.targets, np.int32(batch.n), repeats=int(online_iter))
         health = None
     else:
         feats = _features(state.buffer, batch.x, batch.targets)
@@ -143,8 +144,10 @@ def update(state: GACLState, x: Any, y: Any = None, online_iter: int = 1) -> GAC
             head, h = eclg_step_checked(head, exposed, feats, batch.targets)
             health = merge_health(health, h)
         ok = health.ok
-    # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was.
-    check_committed(ok, lambda: features(state, jnp.asarray(batch.host_x)), state_dtype(state), health=health)
+    # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was (a
+    # donated Gram head comes back unchanged, continual._donation).
+    restore = (lambda: state._replace(head=trim_head(head, num_classes(state)))) if health is None else None
+    commit(ok, lambda: features(state, jnp.asarray(batch.host_x)), state_dtype(state), restore, health=health)
     present = np.zeros(head.classes, bool)
     present[batch.labels] = True
     return GACLState(state.buffer, head, exposed | jnp.asarray(present))

@@ -177,3 +177,51 @@ def test_auto_picks_host_kernel_for_cpu_blocks_and_xla_for_tiny_ones():
     assert uses_host(256, 2048) == on_cpu and uses_host(10, 1024) == on_cpu
     assert not uses_host(64, 16)                                   # below 2**18 multiply-adds: XLA
     assert not uses_host(256, 2048, jnp.bfloat16)                  # no bfloat16 BLAS
+
+
+@pytest.mark.parametrize("impl", ["host", "xla"])
+def test_checked_accumulate_commits_sound_batches_and_returns_refused_ones_unchanged(impl):
+    from analytic import gram_accumulate_checked, host_kernels
+
+    if impl == "host" and not host_kernels.enabled(jnp.zeros(1)):
+        pytest.skip("the host kernels serve the CPU backend")
+    rng = np.random.default_rng(3)
+    # Integer-valued rows: every product and sum is exact, so the checked step must equal the plain one bit for bit.
+    x0, x = (rng.integers(-3, 4, (n, 40)).astype(np.float64) for n in (30, 12))
+    y0, y = np.eye(3)[rng.integers(0, 3, 30)], np.eye(3)[rng.integers(0, 3, 12)]
+    stats = gram_accumulate(gram_init(40, 3), jnp.asarray(x0), jnp.asarray(y0), impl=impl)
+    new, ok = gram_accumulate_checked(stats, jnp.asarray(x), jnp.asarray(y), impl=impl)
+    want = gram_accumulate(stats, jnp.asarray(x), jnp.asarray(y), impl=impl)
+    assert bool(ok) and all(np.array_equal(a, b) for a, b in zip(new, want))
+    # A row whose squares overflow: refused, the same values come back and the rows are not counted.
+    huge = x.copy()
+    huge[4, 7] = 1e200
+    same, ok = gram_accumulate_checked(stats, jnp.asarray(huge), jnp.asarray(y), impl=impl)
+    assert not bool(ok) and all(np.array_equal(a, b) for a, b in zip(same, stats))
+    # Donated with in_place=True: a refused batch leaves the donated buffers holding the old statistics, a sound
+    # one updates them (on the host path where they lie).
+    step = jax.jit(lambda s, a, b: gram_accumulate_checked(s, a, b, impl=impl, in_place=True), donate_argnums=0)
+    kept = step(jax.tree.map(jnp.copy, stats), jnp.asarray(huge), jnp.asarray(y))[0]
+    assert all(np.array_equal(a, b) for a, b in zip(kept, stats))
+    before = kept.xtx.unsafe_buffer_pointer()
+    updated, ok = step(kept, jnp.asarray(x), jnp.asarray(y))
+    assert bool(ok) and all(np.array_equal(a, b) for a, b in zip(updated, want))
+    if impl == "host":
+        assert updated.xtx.unsafe_buffer_pointer() == before
+
+
+def test_estimator_keeps_its_statistics_through_a_refused_batch_despite_donation():
+    from analytic import AnalyticLinear
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((50, 16)), rng.integers(0, 3, 50)
+    est = AnalyticLinear(0.5).partial_fit(x, y)
+    snapshot = [np.array(a) for a in est.state_]
+    bad = x[:5].copy()
+    bad[2, 3] = 1e200
+    with pytest.raises(ValueError, match="row 2"):
+        est.partial_fit(bad, np.array([0, 1, 2, 3, 4]))  # new class ids: the refused step had widened the head
+    assert all(np.array_equal(np.asarray(a), b) for a, b in zip(est.state_, snapshot))
+    est.partial_fit(x[:10], y[:10])  # still usable, and equal to a fit that never saw the bad batch
+    clean = AnalyticLinear(0.5).partial_fit(x, y).partial_fit(x[:10], y[:10])
+    np.testing.assert_array_equal(np.asarray(est.coef_), np.asarray(clean.coef_))
