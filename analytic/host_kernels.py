@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import blas, lapack
 
-__all__ = ["enabled", "matmul", "gram_add", "gram_add_checked", "cholesky_solve", "woodbury_step"]
+__all__ = ["enabled", "matmul", "gram_add", "gram_add_checked", "class_gram_add", "cholesky_solve", "woodbury_step"]
 
 
 # -- the C structures of xla/ffi/api/c_api.h that a handler reads or writes ----------------------------------------
@@ -238,6 +238,25 @@ def _gram_add_checked_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> N
     ok[...] = good
 
 
+def _class_gram_add_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
+    grams, total_diag, x, labels = ins
+    new_grams, ok = outs
+    classes = [int(k) for k in np.unique(labels) if k >= 0]
+    rows = {k: np.ascontiguousarray(x[labels == k]) for k in classes}
+    # As for _gram_add_checked_kernel: decided before anything is written, for every class and for the total.
+    limit = np.finfo(grams.dtype).max / 2
+    squares = (x * x).sum(axis=0)
+    good = bool(np.isfinite(squares).all() and (total_diag + squares).max(initial=0.0) <= limit)
+    for k in classes:
+        diag = np.diagonal(grams[k]) + (rows[k] * rows[k]).sum(axis=0)
+        good = good and bool(np.isfinite(diag).all() and diag.max(initial=0.0) <= limit)
+    _copy_unless_aliased(new_grams, grams)
+    if good:
+        for k in classes:
+            _syrk_into(new_grams[k], rows[k], 1.0)
+    ok[...] = good
+
+
 def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     a, b, gamma = ins
     w, kappa = outs
@@ -290,7 +309,7 @@ def _matmul_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
 
 
 _KERNELS = {"matmul": _matmul_kernel, "gram_add": _gram_add_kernel, "gram_add_checked": _gram_add_checked_kernel,
-            "cholesky_solve": _cholesky_solve_kernel,
+            "class_gram_add": _class_gram_add_kernel, "cholesky_solve": _cholesky_solve_kernel,
             "woodbury_step": _woodbury_kernel}
 _REGISTERED: dict[str, Any] = {}  # the C callbacks must outlive every compiled program that calls them
 _LOCK = threading.Lock()
@@ -385,6 +404,18 @@ def gram_add_checked(xtx: jax.Array, xty: jax.Array, x: jax.Array, y: jax.Array,
     out = (jax.ShapeDtypeStruct(xtx.shape, dt), jax.ShapeDtypeStruct(xty.shape, dt),
            jax.ShapeDtypeStruct((), jnp.int32))
     return tuple(_call("gram_add_checked", out, xtx, xty, x, y, aliases={0: 0, 1: 1} if in_place else None))
+
+
+def class_gram_add(grams: jax.Array, total_diag: jax.Array, x: jax.Array, labels: jax.Array, in_place: bool = False
+                   ) -> tuple[jax.Array, jax.Array]:
+    """``(grams', ok)``: ``grams[k] + x_kᵀx_k`` for every class ``k`` of ``labels`` (``-1``: a padding row), one
+    SYRK per class present on its own rows. ``ok`` (int32) as for :func:`gram_add_checked`, tested on every class's
+    new diagonal and on the total ``total_diag + Σ x²`` before anything is written (when 0, ``grams'`` is
+    ``grams``, also under ``in_place=True``)."""
+    dt = grams.dtype
+    out = (jax.ShapeDtypeStruct(grams.shape, dt), jax.ShapeDtypeStruct((), jnp.int32))
+    return tuple(_call("class_gram_add", out, grams, total_diag.astype(dt), x.astype(dt), labels.astype(jnp.int32),
+                       aliases={0: 0} if in_place else None))
 
 
 def cholesky_solve(a: jax.Array, b: jax.Array, gamma: Any) -> tuple[jax.Array, jax.Array]:

@@ -31,11 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, expand_classes, gram_accumulate, gram_init, ridge_solve
+from analytic import RandomBuffer, expand_classes, gram_accumulate, gram_init, host_kernels, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
-from analytic.health import check_committed, gram_finite
+from analytic.health import gram_finite
 from analytic.validation import check_features, check_gamma
+from continual._donation import commit, head_step
 from continual._wrapper import ContinualClassifier, as_batch, mask_unseen, real_rows
 
 __all__ = ["AIRState", "init", "update", "solve", "predict", "AIR"]
@@ -108,25 +109,36 @@ def _features(state: AIRState, x: jax.Array) -> jax.Array:
     return x.astype(state.stats.xtx.dtype) if state.buffer is None else state.buffer(x)
 
 
-@jax.jit
+@head_step()
 def _accumulate(
-    state: AIRState, x: jax.Array, targets: jax.Array, rows: jax.Array, present: jax.Array
+    state: AIRState, class_gram: jax.Array, x: jax.Array, targets: jax.Array, rows: jax.Array, present: jax.Array,
+    in_place: bool,
 ) -> tuple[Any, jax.Array, jax.Array, jax.Array]:
+    # ``state`` without its class statistics, which are passed (and may be donated, continual._donation) alone.
     feats = real_rows(_features(state, x), targets)
     stats = gram_accumulate(state.stats, feats, targets, rows)
-    if state.class_gram.ndim == 3:
+    counts = state.counts + jnp.sum(targets, axis=0).astype(state.counts.dtype)
+    if class_gram.ndim == 3 and host_kernels.enabled(feats):
+        # CPU: one SYRK per class present on its own rows, into the class Grams where they lie.
+        labels = jnp.where(jnp.any(targets != 0, axis=1), jnp.argmax(targets, axis=1), -1)
+        class_gram, ok = host_kernels.class_gram_add(class_gram, jnp.diagonal(state.stats.xtx), feats, labels,
+                                                     in_place)
+        return stats, class_gram, counts, ok.astype(bool) & gram_finite(stats.xtx, stats.xty)
+    old = class_gram
+    if class_gram.ndim == 3:
         # X_cᵀX_c only for the classes present in the batch (`present`, padded with repeats of a present id whose
         # extra columns are zeroed): p·n·d² flops for p present classes instead of c·n·d² for all of them.
         first = jnp.concatenate([jnp.ones((1,), bool), present[1:] != present[0]])
         sel = targets[:, present] * first[None, :]                                    # (n, p) row indicators
         weighted = jnp.swapaxes(sel.T[:, :, None] * feats[None, :, :], 1, 2)           # (p, d, n)
         blocks = jnp.matmul(weighted, feats, precision=HIGHEST)                        # (p, d, d)
-        class_gram = state.class_gram.at[present].add(blocks)
+        class_gram = class_gram.at[present].add(blocks)
     else:
-        class_gram = state.class_gram + jnp.matmul(targets.T, feats * feats, precision=HIGHEST)
+        class_gram = class_gram + jnp.matmul(targets.T, feats * feats, precision=HIGHEST)
     class_diag = jnp.diagonal(class_gram, axis1=1, axis2=2) if class_gram.ndim == 3 else class_gram
     finite = gram_finite(stats.xtx, stats.xty) & jnp.all(jnp.isfinite(class_diag))
-    return stats, class_gram, state.counts + jnp.sum(targets, axis=0).astype(state.counts.dtype), finite
+    # A refused batch hands back the class statistics it was given (they may have been donated).
+    return stats, jnp.where(finite, class_gram, old), counts, finite
 
 
 def _present_classes(labels: np.ndarray) -> np.ndarray:
@@ -140,7 +152,7 @@ def update(state: AIRState, x: Any, y: Any = None) -> AIRState:
     """Add a batch ``x: (n, in_dim)`` with class ids ``y: (n,)`` (or a prepared batch as ``x``); exact for any split
     or order of the data."""
     batch = as_batch(x, y, dim=input_dim(state), classes=num_classes(state), dtype=state_dtype(state))
-    width = batch.width
+    original, width = state, batch.width
     grow = width - num_classes(state)
     if grow:
         state = state._replace(
@@ -148,9 +160,12 @@ def update(state: AIRState, x: Any, y: Any = None) -> AIRState:
             class_gram=jnp.pad(state.class_gram, ((0, grow),) + ((0, 0),) * (state.class_gram.ndim - 1)),
         )
     present = jnp.asarray(_present_classes(batch.labels))
-    stats, class_gram, counts, finite = _accumulate(state, batch.x, batch.targets, np.int32(batch.n), present)
-    # Committed only if the statistics stay finite; an overflowing row is named and `state` stays as it was.
-    check_committed(finite, lambda: _features(state, jnp.asarray(batch.host_x)), stats.xtx.dtype)
+    stats, class_gram, counts, finite = _accumulate(state._replace(class_gram=None), state.class_gram, batch.x,
+                                                    batch.targets, np.int32(batch.n), present)
+    # Committed only if the statistics stay finite; an overflowing row is named and `state` stays as it was (donated
+    # class statistics come back unchanged).
+    commit(finite, lambda: _features(state, jnp.asarray(batch.host_x)), stats.xtx.dtype,
+           lambda: original._replace(class_gram=class_gram[: num_classes(original)]))
     return state._replace(stats=stats, class_gram=class_gram, counts=counts)
 
 

@@ -168,3 +168,31 @@ def test_matmul_equals_numpy_and_differentiates_like_the_xla_dot():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     small = rng.standard_normal((3, 4))
     np.testing.assert_allclose(host_kernels.matmul(small, small.T), small @ small.T, rtol=1e-14)
+
+
+def test_class_gram_add_equals_per_class_grams_and_refuses_without_writing():
+    rng = np.random.default_rng(12)
+    # Integer-valued rows: exact sums, so the per-class SYRKs must equal NumPy's products bit for bit.
+    x = rng.integers(-3, 4, (40, 30)).astype(np.float64)
+    labels = rng.integers(0, 3, 40).astype(np.int32)
+    labels[-5:] = -1  # padding rows belong to no class
+    grams = np.stack([np.eye(30) * (k + 1) for k in range(4)])
+    got, ok = jax.jit(host_kernels.class_gram_add)(jnp.asarray(grams), jnp.zeros(30), jnp.asarray(x),
+                                                   jnp.asarray(labels))
+    want = grams.copy()
+    for k in range(3):
+        want[k] += x[labels == k].T @ x[labels == k]
+    assert int(ok) == 1 and np.array_equal(np.asarray(got), want)
+    huge = x.copy()
+    huge[3] = 1e200
+    donated = jax.jit(lambda g, d, a, b: host_kernels.class_gram_add(g, d, a, b, in_place=True), donate_argnums=0)
+    kept, ok = donated(jnp.asarray(grams), jnp.zeros(30), jnp.asarray(huge), jnp.asarray(labels))
+    assert int(ok) == 0 and np.array_equal(np.asarray(kept), grams)
+    # The total's diagonal is tested too: each class fits, their sum would not.
+    top = np.finfo(np.float64).max
+    ones = np.full((40, 30), np.sqrt(0.2 * top / 35))  # 35 real rows: each column's squares sum to 0.2·max
+    args = (jnp.asarray(grams), jnp.asarray(ones), jnp.asarray(labels))
+    _, ok = jax.jit(host_kernels.class_gram_add)(args[0], jnp.full(30, 0.2 * top), *args[1:])
+    assert int(ok) == 1  # every class and the total stay below max/2
+    _, ok = jax.jit(host_kernels.class_gram_add)(args[0], jnp.full(30, 0.4 * top), *args[1:])
+    assert int(ok) == 0  # the classes still would, the total (0.6·max) would not

@@ -6,13 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from continual import ACIL, FOAL, GACL
+from continual import ACIL, AIR, FOAL, GACL
 from continual import acil as acil_fn
 
 LEARNERS = {
     "ACIL": (lambda: ACIL(1.0, buffer_size=96), 2),
     "GACL": (lambda: GACL(1.0, buffer_size=96), 2),
     "FOAL": (lambda: FOAL(1.0, projection_dim=96, solver="gram"), 3),
+    "AIR": (lambda: AIR(1.0, buffer_size=96), 2),
 }
 
 
@@ -27,12 +28,12 @@ def test_donated_head_is_consumed_and_a_refused_batch_keeps_the_learner(name):
     rng = np.random.default_rng(0)
     x, y = _batch(rng, 60, rank)
     learner = make().partial_fit(x, y)
-    consumed = learner.state.head.stats.xtx
+    consumed = learner.state.class_gram if name == "AIR" else learner.state.head.stats.xtx
     learner.partial_fit(x[:8], y[:8])
     assert consumed.is_deleted()  # updated in place, not copied
     snapshot = [np.array(leaf) for leaf in jax.tree.leaves(learner.state)]
     bad = x[:5].copy()
-    # ACIL/GACL refuse this inside their (donating) step; F-OAL refuses overflowing tokens before its step, as
+    # ACIL/GACL/AIR refuse this inside their (donating) step; F-OAL refuses overflowing tokens before its step, as
     # its sigmoid features cannot overflow.
     bad[1] = 1e200
     with pytest.raises(ValueError, match="row 1"):
