@@ -143,6 +143,10 @@ class ContinualClassifier:
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[1]
 
+    def _padded_rows(self, n: int) -> int | None:
+        """Rows to pad a batch of ``n`` to (``None``: :func:`analytic.row_bucket`)."""
+        return None
+
     def _decision(self, state: Any, x: jax.Array) -> jax.Array:
         return self._module.predict(state, x)
 
@@ -165,7 +169,7 @@ class ContinualClassifier:
         labels = check_labels(y, classes=declared, n=x.shape[0])
         state = self.state if self.state is not None else self._init_state(self._input_width(x), declared or 0)
         batch = prepare_batch(x, labels, dim=None, classes=self._module.num_classes(state),
-                              dtype=self._module.state_dtype(state), validate=False)
+                              dtype=self._module.state_dtype(state), validate=False, rows=self._padded_rows(x.shape[0]))
         # The learner owns its state, so its Gram head may be updated in place (continual._donation); a refused
         # batch hands back the unchanged state, which is kept.
         with donating() as donation:

@@ -174,6 +174,8 @@ def _online_pass(
     # the same shape and the pass is one scan in one compiled program.
     rows = -(-feats.shape[0] // batch_size) * batch_size
     feats, targets = pad_rows(feats, rows), pad_rows(targets, rows)
+    if rows == batch_size:  # one mini-batch: one step, no scan
+        return rls_step_checked(head, feats, targets)
     batches = (feats.reshape(-1, batch_size, feats.shape[1]), targets.reshape(-1, batch_size, targets.shape[1]))
 
     def step(carry: tuple[RLSState, RLSHealth], batch: tuple[jax.Array, jax.Array]):
@@ -222,6 +224,12 @@ class FOAL(ContinualClassifier):
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[2]
+
+    def _padded_rows(self, n: int) -> int | None:
+        # Whole mini-batches, their count bucketed to a power of two (bounds recompiles): a chunk of one mini-batch
+        # is one Woodbury step, not two of which one is padding.
+        steps = -(-n // self.batch_size)
+        return self.batch_size * (1 << (steps - 1).bit_length())
 
     @property
     def coef_(self) -> jax.Array:
