@@ -45,11 +45,13 @@ def _gram_step(
     return gram_accumulate_checked(stats, _padded_features(buffer, x, n, stats.xtx.dtype), targets, n, in_place=True)
 
 
-@jax.jit
+@partial(jax.jit, donate_argnums=(1,))
 def _rls_step(
     buffer: Buffer | None, state: RLSState, x: jax.Array, targets: jax.Array, n: jax.Array
 ) -> tuple[RLSState, RLSHealth]:
-    return rls_step_checked(state, _padded_features(buffer, x, n, state.weight.dtype), targets)
+    # Donated and updated where it lies, as the Gram statistics: the step is judged before R is written
+    # (analytic.host_kernels.woodbury_step), so a refused batch leaves W and R as they were.
+    return rls_step_checked(state, _padded_features(buffer, x, n, state.weight.dtype), targets, in_place=True)
 
 
 class AnalyticLinear:
@@ -65,8 +67,8 @@ class AnalyticLinear:
 
     Attributes (after fitting): ``coef_`` ``(d_features, c)``, ``n_classes_``, ``n_features_in_``, ``state_``.
 
-    With ``solver="gram"`` each ``partial_fit`` updates the statistics in place (their buffers are donated to the
-    compiled step; on the CPU backend no ``d×d`` buffer is allocated per batch): arrays taken from ``state_``
+    Each ``partial_fit`` updates the state in place (its buffers are donated to the compiled step; on the CPU
+    backend no ``d×d`` buffer is allocated per batch): arrays taken from ``state_``
     before a call are invalid after it -- copy them (``np.array(...)``) to keep them. A NumPy view of them
     (``np.asarray``) keeps them valid instead, at the cost of one copy in the next call.
     """
@@ -129,9 +131,10 @@ class AnalyticLinear:
             check_committed(ok, lambda: feats if feats is not None else self.buffer(jnp.asarray(batch.host_x)), dt,
                             health=health)
         except Exception:
-            if isinstance(state, GramStats) and previous is not None:
-                # The donated statistics came back unchanged (only wider by this batch's new class columns).
-                self.state_ = state._replace(xty=state.xty[:, : previous.classes])
+            if previous is not None:
+                # The donated state came back unchanged (only wider by this batch's new class columns).
+                self.state_ = (state._replace(xty=state.xty[:, : previous.classes]) if isinstance(state, GramStats)
+                               else state._replace(weight=state.weight[:, : previous.classes]))
             raise
         self.state_, self.classes, self._coef = state, declared, None
         return self

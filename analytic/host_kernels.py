@@ -280,8 +280,9 @@ def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> Non
 
 def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     w, r, x, y = ins
-    new_w, new_r, chol_out = outs
+    new_w, new_r, chol_out, ok = outs
     b = x.shape[0]
+    ok[...] = 0
     rxt = _gemm(r, x.T)                                                # R Xᵀ (d, b)
     k = _gemm(x, rxt, out=np.eye(b, dtype=r.dtype), beta=1.0)          # K = I + X R Xᵀ
     k = 0.5 * (k + k.T)
@@ -290,16 +291,26 @@ def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
         chol = np.full_like(k, np.nan)                                 # flags the step as broken (not committed)
     chol_out[...] = chol
     _copy_unless_aliased(new_r, r)
-    _copy_unless_aliased(new_w, w)
     if not np.isfinite(chol).all():
+        _copy_unless_aliased(new_w, w)
         return
     # V = R Xᵀ L⁻ᵀ solves V Lᵀ = R Xᵀ; then R Xᵀ K⁻¹ = V L⁻¹ (the gain R' Xᵀ) and R Xᵀ K⁻¹ X R = V Vᵀ.
     trsm = _blas("trsm", r.dtype)
     v = trsm(1.0, chol, rxt, side=1, lower=1, trans_a=1)
     gain = trsm(1.0, chol, v, side=1, lower=1, trans_a=0)
-    residual = _gemm(x, w, out=y.copy(), alpha=-1.0, beta=1.0)        # Y − XW
+    weight = _gemm(gain, _gemm(x, w, out=y.copy(), alpha=-1.0, beta=1.0), out=w.copy(), beta=1.0)  # W + gain(Y − XW)
+    # The verdict of analytic.health.rls_health, decided before R is written (so aliased, donated R and W are left
+    # as they were when it fails): finite pivots ≥ 1/2, diag(R') = diag(R) − rowsums(V∘V) finite and > 0, W' finite.
+    diag = np.diagonal(r) - (v * v).sum(axis=1)
+    good = bool(np.diagonal(chol).min() ** 2 >= 0.5 and np.isfinite(diag).all() and (diag > 0).all()
+                and np.isfinite(weight).all())
+    if not good:
+        _copy_unless_aliased(new_w, w)
+        return
     _syrk_into(new_r, np.ascontiguousarray(v.T), -1.0)
-    _gemm(gain, residual, out=new_w, beta=1.0)
+    if new_w.size:
+        new_w[...] = weight
+    ok[...] = 1
 
 
 def _matmul_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
@@ -427,13 +438,15 @@ def cholesky_solve(a: jax.Array, b: jax.Array, gamma: Any) -> tuple[jax.Array, j
 
 
 def woodbury_step(weight: jax.Array, inv_autocorr: jax.Array, x: jax.Array, y: jax.Array, in_place: bool = False
-                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(W', R', L)`` of one Woodbury step on the host (traceable), ``L`` the Cholesky factor of
-    ``K = I + X R Xᵀ`` (NaN when ``K`` was not positive definite; then ``W'``, ``R'`` are ``W``, ``R``).
-    ``in_place`` as for :func:`gram_add`."""
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(W', R', L, ok)`` of one Woodbury step on the host (traceable): ``L`` the Cholesky factor of
+    ``K = I + X R Xᵀ`` (NaN when ``K`` was not positive definite), ``ok`` (int32 0/1) the verdict of
+    :func:`analytic.health.rls_health` -- every pivot ``Lᵢᵢ² ≥ 1/2``, ``diag(R')`` finite and positive, ``W'``
+    finite -- decided before anything is written: when it is 0, ``W'``, ``R'`` are ``W``, ``R`` (also where
+    ``in_place=True`` aliases them to a donated state). ``in_place`` as for :func:`gram_add`."""
     dt = inv_autocorr.dtype
     x, y = x.astype(dt), y.astype(dt)
     b = x.shape[0]
     out = (jax.ShapeDtypeStruct(weight.shape, dt), jax.ShapeDtypeStruct(inv_autocorr.shape, dt),
-           jax.ShapeDtypeStruct((b, b), dt))
+           jax.ShapeDtypeStruct((b, b), dt), jax.ShapeDtypeStruct((), jnp.int32))
     return tuple(_call("woodbury_step", out, weight, inv_autocorr, x, y, aliases={0: 0, 1: 1} if in_place else None))

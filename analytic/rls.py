@@ -71,9 +71,13 @@ def _woodbury(state: RLSState, x: jax.Array, y: jax.Array, in_place: bool = Fals
     if host_kernels.enabled(r):
         # CPU: the same step with the host BLAS, R updated where it lies (analytic.host_kernels.woodbury_step);
         # R' = R − VVᵀ by a SYRK is exactly symmetric without the symmetrizing pass below.
+        # The kernel decides the step's soundness before writing R (so a donated state survives a refused step);
+        # its verdict is the flag, the rest of the health (precision, smallest pivot) is read as on the XLA path.
         r_old_diag = jnp.diagonal(r)
-        w_new, r_new, chol = host_kernels.woodbury_step(w, r, x, y, in_place)
-        return RLSState(w_new, r_new), rls_health(chol, r_old_diag, r_new, w_new, x)
+        w_new, r_new, chol, ok = host_kernels.woodbury_step(w, r, x, y, in_place)
+        health = rls_health(chol, r_old_diag, r_new, w_new, x)
+        ok = ok.astype(bool)
+        return RLSState(w_new, r_new), health._replace(ok=ok, precise=health.precise & ok)
     rxt = jnp.matmul(r, x.T, precision=HIGHEST)                       # R Xᵀ        (d, b)
     k = jnp.eye(x.shape[0], dtype=r.dtype) + jnp.matmul(x, rxt, precision=HIGHEST)
     chol = jnp.linalg.cholesky(0.5 * (k + k.T))

@@ -210,12 +210,16 @@ def test_checked_accumulate_commits_sound_batches_and_returns_refused_ones_uncha
         assert updated.xtx.unsafe_buffer_pointer() == before
 
 
-def test_estimator_keeps_its_statistics_through_a_refused_batch_despite_donation():
+@pytest.mark.parametrize("solver", ["gram", "rls"])
+def test_estimator_keeps_its_statistics_through_a_refused_batch_despite_donation(solver):
     from analytic import AnalyticLinear
 
     rng = np.random.default_rng(4)
     x, y = rng.standard_normal((50, 16)), rng.integers(0, 3, 50)
-    est = AnalyticLinear(0.5).partial_fit(x, y)
+    est = AnalyticLinear(0.5, solver=solver).partial_fit(x, y)
+    consumed = est.state_[1]
+    est.partial_fit(x[:10], y[:10])
+    assert consumed.is_deleted()  # donated: updated in place
     snapshot = [np.array(a) for a in est.state_]
     bad = x[:5].copy()
     bad[2, 3] = 1e200
@@ -223,5 +227,6 @@ def test_estimator_keeps_its_statistics_through_a_refused_batch_despite_donation
         est.partial_fit(bad, np.array([0, 1, 2, 3, 4]))  # new class ids: the refused step had widened the head
     assert all(np.array_equal(np.asarray(a), b) for a, b in zip(est.state_, snapshot))
     est.partial_fit(x[:10], y[:10])  # still usable, and equal to a fit that never saw the bad batch
-    clean = AnalyticLinear(0.5).partial_fit(x, y).partial_fit(x[:10], y[:10])
+    clean = AnalyticLinear(0.5, solver=solver).partial_fit(x, y).partial_fit(x[:10], y[:10]).partial_fit(x[:10],
+                                                                                                      y[:10])
     np.testing.assert_array_equal(np.asarray(est.coef_), np.asarray(clean.coef_))

@@ -196,3 +196,26 @@ def test_class_gram_add_equals_per_class_grams_and_refuses_without_writing():
     assert int(ok) == 1  # every class and the total stay below max/2
     _, ok = jax.jit(host_kernels.class_gram_add)(args[0], jnp.full(30, 0.4 * top), *args[1:])
     assert int(ok) == 0  # the classes still would, the total (0.6·max) would not
+
+
+def test_a_refused_woodbury_step_leaves_a_donated_state_as_it_was():
+    rng = np.random.default_rng(13)
+    state = rls_init(20, 2, 1.0)
+    state, _ = rls_step_checked(state, jnp.asarray(rng.standard_normal((5, 20))), jnp.asarray(np.ones((5, 2))))
+    want = [np.array(a) for a in state]
+    step = jax.jit(lambda s, x, y: rls_step_checked(s, x, y, in_place=True), donate_argnums=0)
+    # K fine, but W' overflows (a huge W, so Y − XW does): judged before anything is written, so the donated W
+    # and R come back unchanged.
+    huge = state._replace(weight=jnp.full((20, 2), 1e307))
+    want = [np.array(a) for a in huge]
+    kept, health = step(jax.tree.map(jnp.copy, huge), jnp.ones((1, 20)), jnp.full((1, 2), -1e308))
+    assert not bool(health.ok) and all(np.array_equal(np.asarray(a), b) for a, b in zip(kept, want))
+    # An indefinite R (K not positive definite): likewise.
+    bad = jax.tree.map(jnp.copy, state)._replace(inv_autocorr=-jnp.eye(20) * 10.0)
+    kept, health = step(bad, jnp.ones((1, 20)), jnp.ones((1, 2)))
+    assert not bool(health.ok) and np.array_equal(np.asarray(kept.inv_autocorr), -np.eye(20) * 10.0)
+    # A sound step on the donated state updates it in place.
+    good = jax.tree.map(jnp.copy, state)
+    pointer = good.inv_autocorr.unsafe_buffer_pointer()
+    new, health = step(good, jnp.asarray(rng.standard_normal((3, 20))), jnp.ones((3, 2)))
+    assert bool(health.ok) and new.inv_autocorr.unsafe_buffer_pointer() == pointer
