@@ -280,9 +280,10 @@ def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> Non
 
 def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     w, r, x, y = ins
-    new_w, new_r, chol_out, ok = outs
+    new_w, new_r, chol_out, ok, old_diag = outs
     b = x.shape[0]
     ok[...] = 0
+    old_diag[...] = np.diagonal(r)
     rxt = _gemm(r, x.T)                                                # R Xᵀ (d, b)
     k = _gemm(x, rxt, out=np.eye(b, dtype=r.dtype), beta=1.0)          # K = I + X R Xᵀ
     k = 0.5 * (k + k.T)
@@ -438,15 +439,18 @@ def cholesky_solve(a: jax.Array, b: jax.Array, gamma: Any) -> tuple[jax.Array, j
 
 
 def woodbury_step(weight: jax.Array, inv_autocorr: jax.Array, x: jax.Array, y: jax.Array, in_place: bool = False
-                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """``(W', R', L, ok)`` of one Woodbury step on the host (traceable): ``L`` the Cholesky factor of
+                  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(W', R', L, ok, diag R)`` of one Woodbury step on the host (traceable): ``L`` the Cholesky factor of
     ``K = I + X R Xᵀ`` (NaN when ``K`` was not positive definite), ``ok`` (int32 0/1) the verdict of
     :func:`analytic.health.rls_health` -- every pivot ``Lᵢᵢ² ≥ 1/2``, ``diag(R')`` finite and positive, ``W'``
     finite -- decided before anything is written: when it is 0, ``W'``, ``R'`` are ``W``, ``R`` (also where
-    ``in_place=True`` aliases them to a donated state). ``in_place`` as for :func:`gram_add`."""
+    ``in_place=True`` aliases them to a donated state). ``diag R`` is the diagonal before the step, returned so
+    that nothing else in the program reads an aliased ``R`` (XLA would copy it first). ``in_place`` as for
+    :func:`gram_add`."""
     dt = inv_autocorr.dtype
     x, y = x.astype(dt), y.astype(dt)
     b = x.shape[0]
     out = (jax.ShapeDtypeStruct(weight.shape, dt), jax.ShapeDtypeStruct(inv_autocorr.shape, dt),
-           jax.ShapeDtypeStruct((b, b), dt), jax.ShapeDtypeStruct((), jnp.int32))
+           jax.ShapeDtypeStruct((b, b), dt), jax.ShapeDtypeStruct((), jnp.int32),
+           jax.ShapeDtypeStruct(inv_autocorr.shape[:1], dt))
     return tuple(_call("woodbury_step", out, weight, inv_autocorr, x, y, aliases={0: 0, 1: 1} if in_place else None))

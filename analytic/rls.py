@@ -73,8 +73,7 @@ def _woodbury(state: RLSState, x: jax.Array, y: jax.Array, in_place: bool = Fals
         # R' = R − VVᵀ by a SYRK is exactly symmetric without the symmetrizing pass below.
         # The kernel decides the step's soundness before writing R (so a donated state survives a refused step);
         # its verdict is the flag, the rest of the health (precision, smallest pivot) is read as on the XLA path.
-        r_old_diag = jnp.diagonal(r)
-        w_new, r_new, chol, ok = host_kernels.woodbury_step(w, r, x, y, in_place)
+        w_new, r_new, chol, ok, r_old_diag = host_kernels.woodbury_step(w, r, x, y, in_place)
         health = rls_health(chol, r_old_diag, r_new, w_new, x)
         ok = ok.astype(bool)
         return RLSState(w_new, r_new), health._replace(ok=ok, precise=health.precise & ok)
