@@ -7,33 +7,36 @@ LAPACK's ``potrf``/``potrs``; and a thin Woodbury step (a 10-row batch) is domin
 NumPy makes once. :func:`jax.pure_callback` can reach the host BLAS, but copies every operand and result
 (64 MB of input for an 8192×1024 block cost more than the SYRK itself).
 
-This module registers three handlers with the XLA FFI (:func:`jax.ffi.register_ffi_target`, typed API). Each
-handler is a Python function behind a ``ctypes`` C callback: XLA passes it pointers to its device buffers, the
-handler wraps them as NumPy arrays *in place* (no copy) and calls SciPy's BLAS/LAPACK wrappers on them, writing
-into the result buffers -- which may alias the accumulated state (``in_place=True``, ``input_output_aliases``) so
-a step inside a ``scan`` updates it where it lies. The C structures mirrored below are those of
-``xla/ffi/api/c_api.h`` (API 0.x), which JAX ships.
+This module registers its kernels with the XLA FFI (:func:`jax.ffi.register_ffi_target`, typed API). Each is a
+Python function behind a ``ctypes`` C callback (:mod:`analytic._xla_ffi`): XLA passes it pointers to its buffers,
+the handler wraps them as NumPy arrays *in place* (no copy) and calls SciPy's BLAS/LAPACK wrappers on them, writing
+into the result buffers -- which may alias the accumulated state (``in_place=True``, ``input_output_aliases``) so a
+step on a donated state, or inside a ``scan``, updates it where it lies. Every product goes through SciPy's BLAS
+(:func:`_gemm`), never NumPy's ``@``: the two wheels bundle separate OpenBLAS builds whose idle threads spin
+against each other.
 
+* :func:`matmul` -- large products (buffer maps, fusion, read-outs), differentiable through a custom JVP.
 * :func:`gram_add` -- ``(G + xᵀx, H + xᵀy)``: SYRK into one triangle of ``G`` plus a tiled mirror, so ``G`` stays
-  exactly symmetric.
+  exactly symmetric; :func:`gram_add_checked` adds only a sound batch, judged before anything is written, and
+  :func:`class_gram_add` does it per class (AIR).
 * :func:`cholesky_solve` -- ``(A + γI)⁻¹B`` by ``potrf``/``potrs`` and the pivot-ratio estimate κ̂ (NaN when the
   factorization failed or ``A``/``B`` were not finite), as :func:`analytic.cholesky_ridge_solve` returns.
 * :func:`woodbury_step` -- one recursive-least-squares step (ACIL, Zhuang et al., NeurIPS 2022, §3):
-  ``K = I + X R Xᵀ = LLᵀ``, ``V = R Xᵀ L⁻ᵀ``, ``R' = R − VVᵀ`` (a SYRK: exactly symmetric), ``W' = W + V L⁻¹ (Y − XW)``.
+  ``K = I + X R Xᵀ = LLᵀ``, ``V = R Xᵀ L⁻ᵀ``, ``R' = R − VVᵀ`` (a SYRK: exactly symmetric), ``W' = W + V L⁻¹ (Y − XW)``,
+  judged (:func:`analytic.health.rls_health`'s verdict) before anything is written.
 
 Every kernel has an XLA twin in the module that uses it; :func:`enabled` decides per call at trace time: the CPU
 backend, float32/float64 operands, and the FFI registration having succeeded (set ``ANALYTIC_HOST_KERNELS=0``
-in the environment before the first call to force the XLA twins: compiled programs keep their choice). The
-kernels are not differentiable; under ``vmap`` they loop (``vmap_method="sequential"``). An exception inside a
-kernel becomes an XLA runtime error carrying its message.
+in the environment before the first call to force the XLA twins: compiled programs keep their choice). Apart from
+:func:`matmul` the kernels are not differentiable; under ``vmap`` they loop (``vmap_method="sequential"``). An
+exception inside a kernel becomes an XLA runtime error carrying its message.
 """
 
 from __future__ import annotations
 
-import ctypes as C
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -41,104 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import blas, lapack
 
+from analytic import _xla_ffi
+
 __all__ = ["enabled", "matmul", "gram_add", "gram_add_checked", "class_gram_add", "cholesky_solve", "woodbury_step"]
-
-
-# -- the C structures of xla/ffi/api/c_api.h that a handler reads or writes ----------------------------------------
-class _ExtensionBase(C.Structure):
-    pass
-
-
-_ExtensionBase._fields_ = [("struct_size", C.c_size_t), ("type", C.c_int), ("next", C.POINTER(_ExtensionBase))]
-
-
-class _ApiVersion(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.c_void_p), ("major", C.c_int), ("minor", C.c_int)]
-
-
-class _Metadata(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("api_version", _ApiVersion), ("traits", C.c_uint32),
-                ("state_type_id", C.c_int64)]
-
-
-class _MetadataExtension(C.Structure):
-    _fields_ = [("extension_base", _ExtensionBase), ("metadata", C.POINTER(_Metadata))]
-
-
-class _Buffer(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.c_void_p), ("dtype", C.c_int),
-                ("data", C.c_void_p), ("rank", C.c_int64), ("dims", C.POINTER(C.c_int64))]
-
-
-class _Sequence(C.Structure):  # XLA_FFI_Args and XLA_FFI_Rets share this layout
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.c_void_p), ("size", C.c_int64),
-                ("types", C.POINTER(C.c_int)), ("items", C.POINTER(C.c_void_p))]
-
-
-class _Attrs(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.c_void_p), ("size", C.c_int64),
-                ("types", C.c_void_p), ("names", C.c_void_p), ("attrs", C.c_void_p)]
-
-
-class _CallFrame(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.POINTER(_ExtensionBase)), ("api", C.c_void_p),
-                ("ctx", C.c_void_p), ("stage", C.c_int), ("args", _Sequence), ("rets", _Sequence),
-                ("attrs", _Attrs), ("future", C.c_void_p)]
-
-
-class _ErrorCreateArgs(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.c_void_p), ("message", C.c_char_p),
-                ("errc", C.c_int)]
-
-
-_ERROR_CREATE = C.CFUNCTYPE(C.c_void_p, C.POINTER(_ErrorCreateArgs))
-
-
-class _Api(C.Structure):  # only the leading fields, up to XLA_FFI_Error_Create
-    _fields_ = [("struct_size", C.c_size_t), ("extension_start", C.c_void_p), ("api_version", _ApiVersion),
-                ("internal_api", C.c_void_p), ("error_create", _ERROR_CREATE)]
-
-
-_HANDLER = C.CFUNCTYPE(C.c_void_p, C.POINTER(_CallFrame))
-_METADATA_EXTENSION, _EXECUTE, _ERRC_INTERNAL = 1, 3, 13
-_DTYPES = {11: np.dtype(np.float32), 12: np.dtype(np.float64), 4: np.dtype(np.int32), 5: np.dtype(np.int64)}
-
-
-def _view(pointer: int) -> np.ndarray:
-    """The XLA buffer behind ``pointer`` as a writable NumPy array (no copy)."""
-    buf = C.cast(pointer, C.POINTER(_Buffer)).contents
-    shape = tuple(buf.dims[i] for i in range(buf.rank))
-    dtype = _DTYPES[buf.dtype]
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size == 0:
-        return np.empty(shape, dtype)
-    return np.frombuffer((C.c_char * size).from_address(buf.data), dtype).reshape(shape)
-
-
-def _handler(kernel: Callable[[list[np.ndarray], list[np.ndarray]], None]) -> Any:
-    def handle(frame_pointer: Any) -> int | None:
-        frame = frame_pointer.contents
-        extension = frame.extension_start
-        if extension and extension.contents.type == _METADATA_EXTENSION:
-            # Registration asks which FFI API the handler speaks; answer 0.1 with no traits.
-            metadata = C.cast(extension, C.POINTER(_MetadataExtension)).contents.metadata.contents
-            metadata.api_version.major, metadata.api_version.minor, metadata.traits = 0, 1, 0
-            return None
-        if frame.stage != _EXECUTE:
-            return None
-        try:
-            # Overflow/NaN are the callers' health checks to report (analytic.health), not NumPy warnings.
-            with np.errstate(all="ignore"):
-                kernel([_view(frame.args.items[i]) for i in range(frame.args.size)],
-                       [_view(frame.rets.items[i]) for i in range(frame.rets.size)])
-        except Exception as exc:  # noqa: BLE001 - handed to XLA as the call's error
-            api = C.cast(frame.api, C.POINTER(_Api)).contents
-            message = f"{kernel.__name__}: {type(exc).__name__}: {exc}".encode()
-            args = _ErrorCreateArgs(C.sizeof(_ErrorCreateArgs), None, message, _ERRC_INTERNAL)
-            return api.error_create(C.byref(args))
-        return None
-
-    return _HANDLER(handle)
 
 
 # -- the kernels (NumPy views of XLA's buffers in, results written in place) --------------------------------------
@@ -333,7 +241,7 @@ def _register() -> bool:
         if _STATE["ok"] is None:
             try:
                 for name, kernel in _KERNELS.items():
-                    callback = _handler(kernel)
+                    callback = _xla_ffi.handler(kernel)
                     jax.ffi.register_ffi_target(f"analytic_{name}", jax.ffi.pycapsule(callback), platform="cpu")
                     _REGISTERED[name] = callback
                 _STATE["ok"] = True

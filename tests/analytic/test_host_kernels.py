@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analytic import host_kernels, rls_init
+from analytic import _xla_ffi, host_kernels, rls_init
 from analytic.rls import rls_step_checked
 from analytic.solve import cholesky_ridge_solve, ridge_solve
 
@@ -134,7 +134,7 @@ def test_a_failing_kernel_raises_an_xla_error_with_its_message():
     def exploding(ins, outs):
         raise RuntimeError("kernel exploded on purpose")
 
-    callback = host_kernels._handler(exploding)
+    callback = _xla_ffi.handler(exploding)
     jax.ffi.register_ffi_target("analytic_test_exploding", jax.ffi.pycapsule(callback), platform="cpu")
     call = jax.ffi.ffi_call("analytic_test_exploding", jax.ShapeDtypeStruct((2,), jnp.float64))
     with pytest.raises(Exception, match="kernel exploded on purpose"):
