@@ -13,7 +13,7 @@ from analytic.lazy_solve import RidgeHead
 from analytic.rls import RLSState
 from analytic.validation import check_classes, check_labels
 
-__all__ = ["one_hot", "expand_classes"]
+__all__ = ["one_hot", "expand_classes", "trim_classes"]
 
 S = TypeVar("S", GramStats, RLSState, RidgeHead)
 
@@ -48,3 +48,15 @@ def expand_classes(state: S, classes: int) -> S:
     if classes == current.shape[1]:
         return state
     return state._replace(**{field: jnp.pad(current, ((0, 0), (0, classes - current.shape[1])))})
+
+
+def trim_classes(state: S, classes: int) -> S:
+    """``state`` with its class columns cut back to the first ``classes``: undoes :func:`expand_classes` (a refused
+    batch that had widened a donated state hands it back wider; see :mod:`continual._donation`)."""
+    if isinstance(state, RidgeHead):
+        return state._replace(stats=trim_classes(state.stats, classes))
+    if isinstance(state, GramStats):
+        return state._replace(xty=state.xty[:, :classes])
+    if isinstance(state, RLSState):
+        return state._replace(weight=state.weight[:, :classes])
+    raise TypeError(f"trim_classes takes GramStats, RidgeHead or RLSState, got {type(state).__name__}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from analytic.buffers import GaussianKernelBuffer, RandomBuffer
 from analytic.checkpoint import load_state, save_state
-from analytic.classes import expand_classes
+from analytic.classes import expand_classes, trim_classes
 from analytic.dtypes import resolve_dtype
 from analytic.gram import GramStats, gram_accumulate_checked, gram_init, gram_solve
 from analytic.health import RLSHealth, check_committed
@@ -133,8 +133,7 @@ class AnalyticLinear:
         except Exception:
             if previous is not None:
                 # The donated state came back unchanged (only wider by this batch's new class columns).
-                self.state_ = (state._replace(xty=state.xty[:, : previous.classes]) if isinstance(state, GramStats)
-                               else state._replace(weight=state.weight[:, : previous.classes]))
+                self.state_ = trim_classes(state, previous.classes)
             raise
         self.state_, self.classes, self._coef = state, declared, None
         return self

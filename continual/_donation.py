@@ -9,7 +9,8 @@ state, so while it runs an update inside :func:`donating`, the learners' Gram st
 
 The guarantee that a call which raises leaves the learner as it was still holds: a refused batch is decided
 before anything is written, so the step hands back the old values; :func:`commit` records the state to restore
-(the head the step returned, trimmed to the old class count) before it raises, and the wrapper keeps that state.
+(the head the step returned, trimmed to the old class count by :func:`analytic.classes.trim_classes`) before it
+raises, and the wrapper keeps that state.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from typing import Any
 import jax
 
 from analytic.health import check_committed
-from analytic.lazy_solve import RidgeHead
 
-__all__ = ["Donation", "donating", "head_step", "commit", "trim_head"]
+__all__ = ["Donation", "donating", "head_step", "commit"]
 
 
 class Donation:
@@ -68,11 +68,6 @@ def head_step(*static: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         return call
 
     return wrap
-
-
-def trim_head(head: RidgeHead, classes: int) -> RidgeHead:
-    """``head`` with its class columns cut back to ``classes`` (undoing a refused step's class growth)."""
-    return head._replace(stats=head.stats._replace(xty=head.stats.xty[:, :classes]))
 
 
 def commit(ok: Any, features: Callable[[], Any], dtype: Any, restore: Callable[[], Any] | None = None,

@@ -27,11 +27,12 @@ import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
 from analytic.checkpoint import register_checkpoint_type
+from analytic.classes import trim_classes
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.validation import check_features, check_gamma
-from continual._donation import commit, head_step, trim_head
+from continual._donation import commit, head_step
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, real_rows
 
 __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
@@ -84,7 +85,7 @@ def update(state: ACILState, x: Any, y: Any = None) -> ACILState:
         ok = health.ok
     # Committed only if sound (one scalar read): an overflowing row or a broken recursion raises and `state`
     # stays as it was (a donated Gram head comes back unchanged, continual._donation).
-    restore = (lambda: state._replace(head=trim_head(head, num_classes(state)))) if health is None else None
+    restore = (lambda: state._replace(head=trim_classes(head, num_classes(state)))) if health is None else None
     commit(ok, lambda: state.buffer(jnp.asarray(batch.host_x)), state_dtype(state), restore,
            what="buffered features", health=health)
     return state._replace(head=head)

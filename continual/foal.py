@@ -38,12 +38,13 @@ import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls_init
 from analytic.checkpoint import register_checkpoint_type
+from analytic.classes import trim_classes
 from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_predict, rls_step_checked
 from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma
-from continual._donation import commit, head_step, trim_head
+from continual._donation import commit, head_step
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
 
 __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
@@ -148,7 +149,7 @@ def update(state: FOALState, block_cls: Any, y: Any = None, batch_size: int = 10
         ok = health.ok
     # One check per pass (one scalar read): an overflowing sample or a broken recursion raises and `state` stays
     # (a donated Gram head comes back unchanged, continual._donation).
-    restore = (lambda: state._replace(head=trim_head(head, num_classes(state)))) if health is None else None
+    restore = (lambda: state._replace(head=trim_classes(head, num_classes(state)))) if health is None else None
     commit(ok, lambda: fused_features(state, jnp.asarray(tokens)), dtype, restore, name="block_cls",
            what="fused features", health=health)
     present = np.zeros(batch.width, bool)

@@ -41,12 +41,13 @@ import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
 from analytic.checkpoint import register_checkpoint_type
+from analytic.classes import trim_classes
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, healthy, merge_health
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
 from analytic.validation import check_features, check_gamma
-from continual._donation import commit, head_step, trim_head
+from continual._donation import commit, head_step
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
 
 __all__ = ["GACLState", "init", "update", "eclg_step", "eclg_step_checked", "predict", "GACL"]
@@ -146,7 +147,7 @@ def update(state: GACLState, x: Any, y: Any = None, online_iter: int = 1) -> GAC
         ok = health.ok
     # Committed only if sound: an overflowing row or a broken recursion raises and `state` stays as it was (a
     # donated Gram head comes back unchanged, continual._donation).
-    restore = (lambda: state._replace(head=trim_head(head, num_classes(state)))) if health is None else None
+    restore = (lambda: state._replace(head=trim_classes(head, num_classes(state)))) if health is None else None
     commit(ok, lambda: features(state, jnp.asarray(batch.host_x)), state_dtype(state), restore, health=health)
     present = np.zeros(head.classes, bool)
     present[batch.labels] = True
