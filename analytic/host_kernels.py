@@ -126,16 +126,19 @@ def _gram_add_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     _gemm(x.T, y, out=new_xty, beta=1.0)
 
 
+def _sound_diagonal(diag: np.ndarray) -> bool:
+    """Whether a new Gram diagonal may be written: finite and at most half the dtype's range. A finite diagonal
+    bounds every entry of the PSD sum (``|Gᵢⱼ| ≤ √(GᵢᵢGⱼⱼ)``); the half leaves room for the SYRK's rounding to
+    differ from the sum that computed ``diag``. Tested before anything is written, so a refused batch leaves
+    aliased (donated) statistics untouched."""
+    return bool(np.isfinite(diag).all() and diag.max(initial=0.0) <= np.finfo(diag.dtype).max / 2)
+
+
 def _gram_add_checked_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     xtx, xty, x, y = ins
     new_xtx, new_xty, ok = outs
-    # Decided before anything is written, so a refused batch leaves aliased (donated) statistics untouched. A finite
-    # diagonal bounds every entry of the PSD sum (|Gᵢⱼ| ≤ √(GᵢᵢGⱼⱼ)); half the dtype's range leaves room for the
-    # SYRK's rounding differing from this sum's.
-    diag = np.diagonal(xtx) + (x * x).sum(axis=0)
     cross = _gemm(x.T, y, out=xty.copy(), beta=1.0)
-    limit = np.finfo(xtx.dtype).max / 2
-    good = bool(np.isfinite(diag).all() and (diag.size == 0 or diag.max() <= limit) and np.isfinite(cross).all())
+    good = _sound_diagonal(np.diagonal(xtx) + (x * x).sum(axis=0)) and bool(np.isfinite(cross).all())
     _copy_unless_aliased(new_xtx, xtx)
     if good:
         _syrk_into(new_xtx, x, 1.0)
@@ -151,13 +154,9 @@ def _class_gram_add_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> Non
     new_grams, ok = outs
     classes = [int(k) for k in np.unique(labels) if k >= 0]
     rows = {k: np.ascontiguousarray(x[labels == k]) for k in classes}
-    # As for _gram_add_checked_kernel: decided before anything is written, for every class and for the total.
-    limit = np.finfo(grams.dtype).max / 2
-    squares = (x * x).sum(axis=0)
-    good = bool(np.isfinite(squares).all() and (total_diag + squares).max(initial=0.0) <= limit)
-    for k in classes:
-        diag = np.diagonal(grams[k]) + (rows[k] * rows[k]).sum(axis=0)
-        good = good and bool(np.isfinite(diag).all() and diag.max(initial=0.0) <= limit)
+    # Every class's new diagonal and the total's (_sound_diagonal), before anything is written.
+    good = _sound_diagonal(total_diag + (x * x).sum(axis=0)) and all(
+        _sound_diagonal(np.diagonal(grams[k]) + (rows[k] * rows[k]).sum(axis=0)) for k in classes)
     _copy_unless_aliased(new_grams, grams)
     if good:
         for k in classes:
@@ -210,7 +209,7 @@ def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     weight = _gemm(gain, _gemm(x, w, out=y.copy(), alpha=-1.0, beta=1.0), out=w.copy(), beta=1.0)  # W + gain(Y − XW)
     # The verdict of analytic.health.rls_health, decided before R is written (so aliased, donated R and W are left
     # as they were when it fails): finite pivots ≥ 1/2, diag(R') = diag(R) − rowsums(V∘V) finite and > 0, W' finite.
-    diag = np.diagonal(r) - (v * v).sum(axis=1)
+    diag = old_diag - (v * v).sum(axis=1)
     good = bool(np.diagonal(chol).min() ** 2 >= 0.5 and np.isfinite(diag).all() and (diag > 0).all()
                 and np.isfinite(weight).all())
     if not good:
