@@ -434,11 +434,11 @@ def _check_settings(kind: Any, dim: Any, classes: Any, layer: Any, psd: Any) -> 
 
 
 def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None, layer: int | None,
-               dtype: Any, psd: str) -> tuple[Any, str, np.ndarray, float]:
-    """:func:`check_upload` without the ``"probe"`` checks: ``(normalized copy, who, gram, max|gram|)``.
+               dtype: Any, psd: str) -> tuple[Any, str, np.ndarray]:
+    """:func:`check_upload` without the ``"probe"`` checks: ``(normalized copy, who, gram)``.
 
-    With ``psd="probe"`` the Gram is not read here at all (``max|gram|`` is NaN): its diagonal, finiteness,
-    symmetry and PSD are :class:`_Prober`'s, from one read of the Gram (module docstring)."""
+    With ``psd="probe"`` the Gram is not read here at all: its diagonal, finiteness, symmetry and PSD are
+    :class:`_Prober`'s, from one read of the Gram (module docstring)."""
     if type(message) is not kind:
         raise TypeError(f"expected a {kind.__name__}, got {type(message).__name__}")
     cid = normalize_client_id(message.client_id)
@@ -462,7 +462,7 @@ def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None
         raise ValueError(f"{who}: count is 0 but the statistics are non-zero")
     _check_gram(who, gram_name, gram, scale, psd)
     fields[gram_name], fields[cross_name] = gram, cross
-    return dataclasses.replace(message, **fields), who, gram, scale
+    return dataclasses.replace(message, **fields), who, gram
 
 
 def _rng(probe_seed: Any) -> np.random.Generator:
@@ -494,8 +494,7 @@ def check_upload(
     here; :func:`screen` turns every one of them into a rejection.
     """
     _check_settings(kind, dim, classes, layer, psd)
-    clean, who, gram, scale = _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype,
-                                         psd=psd)
+    clean, who, gram = _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype, psd=psd)
     if psd == "probe":
         failure = _probe([gram], _probe_count(probes), _rng(probe_seed))[0]
         if failure == RECHECK:
@@ -549,7 +548,7 @@ def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = Tr
     seen_ids = {normalize_client_id(c) for c in seen}
     messages = list(messages)
     failures: dict[int, str] = {}
-    passed: list[tuple[int, Any, str, np.ndarray, float]] = []
+    passed: list[tuple[int, Any, str, np.ndarray]] = []
     prober = _Prober(probes, _rng(probe_seed)) if psd == "probe" else None
     # One thread for the skinny probe products (see _one_blas_thread); nothing else in this loop calls BLAS.
     with _one_blas_thread() if prober is not None else contextlib.nullcontext():
