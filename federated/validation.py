@@ -71,6 +71,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from federated._probing import MAX_ENTRY, RECHECK, Prober, one_blas_thread, probe, tolerance
 from federated.messages import AFLUpload, DeepAFLBlockUpload, DeepAFLClassifierUpload
 
 __all__ = ["DEFAULT_PSD", "MAX_COUNT", "MAX_ENTRY", "PROBES", "PSD_MODES", "RejectedUploadWarning", "Rejection",
@@ -85,8 +86,6 @@ _FIELDS: dict[type, tuple[str, str]] = {
     DeepAFLBlockUpload: ("block_gram", "block_residual"),
 }
 MAX_COUNT = 2**62
-# 2**32 uploads at this magnitude still sum to a finite float64.
-MAX_ENTRY = float(np.finfo(np.float64).max) / 2.0**32
 _INT64 = (-(2**63), 2**63 - 1)
 PSD_MODES = ("probe", "cholesky", "eigvalsh", "none")
 DEFAULT_PSD = "probe"
@@ -112,11 +111,6 @@ class ScreenResult(NamedTuple):
 
     accepted: list[Any]
     excluded: list[Rejection]
-
-
-def tolerance(dtype: Any, dim: int) -> float:
-    """Relative tolerance for symmetry/PSD checks: ``100·d·eps`` of the message dtype (rounding of a Gram sum)."""
-    return 100.0 * max(dim, 1) * float(np.finfo(dtype).eps)
 
 
 def describe_id(cid: Any) -> str:
@@ -210,7 +204,7 @@ def _peak(who: str, name: str, a: np.ndarray) -> float:
 
 def _check_gram(who: str, name: str, g: np.ndarray, scale: float, psd: str) -> None:
     """The exact per-upload Gram checks of ``g`` whose ``max |entry|`` is ``scale``; none with ``psd="probe"``
-    (the diagonal, symmetry and PSD are then :class:`_Prober`'s)."""
+    (the diagonal, symmetry and PSD are then :class:`federated._probing.Prober`'s)."""
     if psd == "probe":
         return
     d = g.shape[0]
@@ -243,160 +237,6 @@ def _check_gram(who: str, name: str, g: np.ndarray, scale: float, psd: str) -> N
         raise ValueError(f"psd must be one of {PSD_MODES}, got {psd!r}")
 
 
-def _probe_basis(d: int, probes: int, rng: np.random.Generator, dtype: Any) -> np.ndarray | None:
-    """``Z: (d, P)`` with orthonormal columns drawn from ``rng``, or ``None`` for ``d ≤ P`` (then ``Z = I``).
-
-    No entry of ``Z`` is zero (a zero has probability 0; it is redrawn anyway), so a NaN or inf anywhere in ``G``
-    reaches ``ZᵀGZ``: ``(ZᵀGZ)_pq = Σᵢⱼ Z_ip G_ij Z_jq`` with every coefficient non-zero.
-    """
-    if d <= probes:
-        return None
-    while True:
-        z = np.linalg.qr(rng.standard_normal((d, probes)))[0].astype(dtype)
-        if np.all(z != 0):
-            return z
-
-
-def _one_blas_thread() -> Any:
-    """A context that runs BLAS on one thread, if ``threadpoolctl`` is installed: the probe products are skinny
-    (``P`` columns) and memory-bound, and on a loaded machine a multi-threaded OpenBLAS spent 20-40x longer on
-    them (threads spinning for a core) than one thread did."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional; only speed depends on it
-        return contextlib.nullcontext()
-    return threadpool_limits(1, "blas")
-
-
-RECHECK = "<recheck exactly>"
-
-
-_BLOCK_BYTES = 1 << 17  # row blocks of a Gram that stay in cache between the probe product and the sum
-
-
-def _probe_product(g: np.ndarray, z: np.ndarray | None,
-                   sink: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(T, diag G)`` with ``T = ZᵀGZ`` in float64 (``G`` itself in float64 when ``Z = I``); ``T`` is not finite
-    when ``G`` holds a NaN/inf.
-
-    ``G`` is read once, in blocks of rows that stay in cache for everything done with them: the product, the
-    diagonal (read on its own from a Gram in memory, it costs a cache miss per entry), and with ``sink`` (an array
-    of ``G``'s shape) the addition ``sink += G`` -- elementwise the same additions, measured 334 vs 508 ms for
-    1000 Grams at d = 512 against a separate sum.
-    """
-    if z is None:
-        if sink is not None:
-            sink += g
-        return g.astype(np.float64), np.diagonal(g).copy()
-    zt = z.T
-    rows = max(8, _BLOCK_BYTES // max(1, g.shape[1] * g.itemsize))
-    diag = np.empty(g.shape[0], g.dtype)
-    # A NaN/inf entry is expected here (it is how a non-finite G shows): no RuntimeWarning for it. (ZᵀG)Z rather
-    # than Zᵀ(GZ): the same T, and OpenBLAS streams G ~1.7x faster with the P-row operand on the left (d = 512).
-    with np.errstate(invalid="ignore", over="ignore"):
-        acc = np.zeros((z.shape[1], g.shape[1]), np.result_type(z, g))
-        for i in range(0, g.shape[0], rows):
-            block = g[i:i + rows]
-            acc += zt[:, i:i + rows] @ block
-            diag[i:i + rows] = np.diagonal(block, offset=i)
-            if sink is not None:
-                sink[i:i + rows] += block
-        return (acc @ z).astype(np.float64), diag
-
-
-def _probe_verdicts(grams: list[np.ndarray], diags: list[np.ndarray], products: list[np.ndarray],
-                    z: np.ndarray | None) -> list[str | None]:
-    """The ``"probe"`` verdicts of Grams of one shape and dtype from their diagonals and products ``T``
-    (:func:`_probe_product` with the same ``z``): the failure text, ``None``, or :data:`RECHECK` -- the exact
-    per-upload checks decide -- when ``T`` or the diagonal is not finite or the diagonal exceeds :data:`MAX_ENTRY`.
-    ``max|diag G|`` stands for ``max|G|`` (a zero diagonal: ``G`` is scanned for it, and an all-zero ``G``
-    passes); the ``P×P`` eigenvalue problems are solved in one batched call."""
-    d, dtype = grams[0].shape[0], grams[0].dtype
-    tol = tolerance(dtype, d)
-    t = np.stack(products)
-    dg = np.stack(diags).astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        scales = np.abs(dg).max(axis=1)
-        usable = np.isfinite(t).all(axis=(1, 2)) & np.isfinite(scales) & (scales <= MAX_ENTRY)
-    for j in np.flatnonzero(usable & (scales == 0)):
-        # A zero diagonal: G is zero if PSD, and its own max |entry| is the scale of the tests below (rare).
-        peak = float(np.abs(grams[j]).max())
-        usable[j] = math.isfinite(peak) and peak <= MAX_ENTRY
-        scales[j] = peak
-    t[~usable] = 0.0
-    if z is None:
-        # Z = I: the exact checks, G − Gᵀ and the spectrum of G itself (d ≤ P, so this is cheap).
-        asym = np.abs(t - t.transpose(0, 2, 1)).max(axis=(1, 2))
-        low = np.linalg.eigvalsh(t)[:, 0]
-    else:
-        # T − Tᵀ = Zᵀ(G − Gᵀ)Z and |z_aᵀAz_b| ≤ max|A|·‖z_a‖₁‖z_b‖₁: the symmetry test needs no second product.
-        l1 = np.abs(z).sum(axis=0, dtype=np.float64)
-        asym = (np.abs(t - t.transpose(0, 2, 1)) / np.multiply.outer(l1, l1)).max(axis=(1, 2))
-        low = np.linalg.eigvalsh(0.5 * (t + t.transpose(0, 2, 1)))[:, 0]
-    out: list[str | None] = []
-    for j in range(len(grams)):
-        if not usable[j]:
-            out.append(RECHECK)
-            continue
-        scale, smallest = float(scales[j]), float(dg[j].min())
-        shift = tol * max(float(dg[j].sum()), scale)
-        if scale == 0.0:
-            out.append(None)  # an all-zero Gram is symmetric and PSD
-        elif smallest < -tol * scale:
-            out.append(f"is not positive semi-definite (diagonal entry {smallest:.3g} < 0)")
-        elif asym[j] > tol * scale:
-            what = ("max |G - G^T|" if z is None
-                    else f"max |u^T (G - G^T) v|/(|u|_1 |v|_1) over {z.shape[1]} random directions")
-            out.append(f"is not symmetric ({what} = {asym[j]:.3g}, max |G| = {scale:.3g})")
-        elif low[j] < -shift:
-            what = "min eigenvalue" if z is None else f"min Ritz value on {z.shape[1]} random directions"
-            out.append(f"is not positive semi-definite ({what} {low[j]:.3g} < -{shift:.3g})")
-        else:
-            out.append(None)
-    return out
-
-
-class _Prober:
-    """The ``"probe"`` checks of the module docstring -- diagonal, finiteness, symmetry, PSD -- upload by upload.
-
-    :meth:`add` reads an upload's Gram once (:func:`_probe_product`: ``T = ZᵀGZ``, the diagonal, and optionally
-    the server's sum, :func:`federated.afl.screen_and_merge`); :meth:`verdicts` decides them all, batched per
-    Gram shape and dtype. One ``Z`` per shape and dtype, drawn from the server's generator in the order the
-    shapes first appear.
-    """
-
-    def __init__(self, probes: int, rng: np.random.Generator) -> None:
-        self.probes, self.rng = probes, rng
-        self.bases: dict[tuple[Any, ...], np.ndarray | None] = {}
-        self.members: dict[tuple[Any, ...], list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]] = {}
-
-    def add(self, key: int, g: np.ndarray, sink: np.ndarray | None = None) -> None:
-        """Probe ``g`` (its verdict is read by ``key``), adding it into ``sink`` on the way if given."""
-        group = (g.shape, g.dtype)
-        if group not in self.bases:
-            self.bases[group] = _probe_basis(g.shape[0], self.probes, self.rng, g.dtype)
-        t, diag = _probe_product(g, self.bases[group], sink)
-        self.members.setdefault(group, []).append((key, g, diag, t))
-
-    def verdicts(self) -> dict[int, str | None]:
-        out: dict[int, str | None] = {}
-        for group, rows in self.members.items():
-            keys, grams, diags, products = zip(*rows)
-            out.update(zip(keys, _probe_verdicts(list(grams), list(diags), list(products), self.bases[group])))
-        return out
-
-
-def _probe(grams: list[np.ndarray], probes: int, rng: np.random.Generator) -> list[str | None]:
-    """The :class:`_Prober` verdicts of ``grams``: the failure text, ``None``, or :data:`RECHECK` (the caller then
-    runs the exact per-upload checks)."""
-    prober = _Prober(probes, rng)
-    with _one_blas_thread():
-        for i, g in enumerate(grams):
-            prober.add(i, g)
-    verdicts = prober.verdicts()
-    return [verdicts.get(i) for i in range(len(grams))]
-
-
 def sum_is_psd(gram_sum: Any, tol: float) -> bool:
     """``λ_min(S) ≥ −tol·max(tr S, max|S|)`` for a summed Gram ``S`` (float64), by one Cholesky factorization.
 
@@ -414,7 +254,7 @@ def sum_is_psd(gram_sum: Any, tol: float) -> bool:
     try:
         # One thread: d³/3 flops once per wave is cheap on one core, and spinning BLAS threads on a loaded
         # machine made this factorization up to 10x slower.
-        with _one_blas_thread():
+        with one_blas_thread():
             np.linalg.cholesky(s + shift * np.eye(s.shape[0]))
     except np.linalg.LinAlgError:
         return False
@@ -438,7 +278,7 @@ def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None
     """:func:`check_upload` without the ``"probe"`` checks: ``(normalized copy, who, gram)``.
 
     With ``psd="probe"`` the Gram is not read here at all: its diagonal, finiteness, symmetry and PSD are
-    :class:`_Prober`'s, from one read of the Gram (module docstring)."""
+    :class:`federated._probing.Prober`'s, from one read of the Gram (module docstring)."""
     if type(message) is not kind:
         raise TypeError(f"expected a {kind.__name__}, got {type(message).__name__}")
     cid = normalize_client_id(message.client_id)
@@ -496,7 +336,7 @@ def check_upload(
     _check_settings(kind, dim, classes, layer, psd)
     clean, who, gram = _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype, psd=psd)
     if psd == "probe":
-        failure = _probe([gram], _probe_count(probes), _rng(probe_seed))[0]
+        failure = probe([gram], _probe_count(probes), _rng(probe_seed))[0]
         if failure == RECHECK:
             return _check_one(message, kind=kind, dim=dim, classes=classes, layer=layer, dtype=dtype,
                               psd="cholesky")[0]
@@ -549,9 +389,9 @@ def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = Tr
     messages = list(messages)
     failures: dict[int, str] = {}
     passed: list[tuple[int, Any, str, np.ndarray]] = []
-    prober = _Prober(probes, _rng(probe_seed)) if psd == "probe" else None
-    # One thread for the skinny probe products (see _one_blas_thread); nothing else in this loop calls BLAS.
-    with _one_blas_thread() if prober is not None else contextlib.nullcontext():
+    prober = Prober(probes, _rng(probe_seed)) if psd == "probe" else None
+    # One BLAS thread per probe worker (see one_blas_thread); nothing else in this loop calls BLAS.
+    with one_blas_thread() if prober is not None else contextlib.nullcontext():
         for position, message in enumerate(messages):
             try:
                 row = (position, *_check_one(message, psd=psd, **{"dim": None, "classes": None, "layer": None,
@@ -565,9 +405,9 @@ def screen(messages: Iterable[Any], *, seen: Iterable[Any] = (), warn: bool = Tr
                 prober.add(position, row[3], sink)
             elif sink is not None:
                 sink += row[3]
+        verdicts = prober.verdicts() if prober is not None else {}
     if prober is not None:
         gram_name = _FIELDS[checks["kind"]][0]
-        verdicts = prober.verdicts()
         for position, _, who, *_ in passed:
             failure = verdicts.get(position)
             if failure == RECHECK:

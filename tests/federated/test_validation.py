@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from federated import afl, deepafl, messages, partition, validation
+from federated import _probing, afl, deepafl, messages, partition
 from federated.validation import PROBES, RejectedUploadWarning, check_upload, screen
 
 D, C, GAMMA = 6, 3, 1.0
@@ -163,7 +163,7 @@ def wide():
 
 
 def _probe_z(seed: int = SEED) -> np.ndarray:
-    """The server's first probe basis for ``probe_seed=seed`` (validation._probe_basis, first draw)."""
+    """The server's first probe basis for ``probe_seed=seed`` (federated._probing.probe_basis, first draw)."""
     return np.linalg.qr(np.random.default_rng(seed).standard_normal((DP, PROBES)))[0].astype(np.float32)
 
 
@@ -257,10 +257,41 @@ def test_probe_product_reads_the_gram_once_for_product_diagonal_and_sum(dtype):
     z = np.linalg.qr(rng.standard_normal((200, 8)))[0].astype(dtype)
     base = rng.standard_normal((200, 200))
     sink = base.copy()
-    t, diag = validation._probe_product(g, z, sink)
+    t, diag = _probing.probe_product(g, z, sink)
     assert np.array_equal(sink, base + g) and np.array_equal(diag, np.diagonal(g))
     ref = z.T.astype(np.float64) @ g.astype(np.float64) @ z.astype(np.float64)
     tol = 1e-12 if dtype == np.float64 else 1e-4
     np.testing.assert_allclose(t, ref, rtol=0, atol=tol * np.abs(ref).max())
-    t_alone, diag_alone = validation._probe_product(g, z)
+    t_alone, diag_alone = _probing.probe_product(g, z)
     assert np.array_equal(t_alone, t) and np.array_equal(diag_alone, diag)
+
+
+def test_threaded_prober_sums_bit_for_bit_and_agrees_with_one_thread():
+    # Two workers split every Gram's rows: the sink must equal the sequential in-order sum exactly (float32 and
+    # float64 uploads of one shape interleaved, so both dtypes pass through the same rows), the diagonals must be
+    # the Grams' own, and T may differ from the one-thread T only by summation order.
+    rng = np.random.default_rng(7)
+    grams = []
+    for k in range(12):
+        x = rng.standard_normal((40, 300))
+        grams.append((x.T @ x).astype(np.float32 if k % 3 == 0 else np.float64))
+    grams[5] = grams[5] - 50.0 * np.outer(np.ones(300), np.ones(300))  # indefinite: the probes must say so
+    expected = np.zeros((300, 300))
+    for g in grams:
+        expected += g
+    results = {}
+    for workers in (1, 2, 3):
+        prober = _probing.Prober(8, np.random.default_rng(1), workers=workers)
+        sink = np.zeros((300, 300))
+        for k, g in enumerate(grams):
+            prober.add(k, g, sink)
+        results[workers] = prober.verdicts(), [j.product for j in prober.jobs]
+        assert np.array_equal(sink, expected), workers
+        assert all(np.array_equal(j.diag, np.diagonal(g)) for j, g in zip(prober.jobs, grams))
+    for workers in (2, 3):
+        assert results[workers][0] == results[1][0]
+        for t, t1 in zip(results[workers][1], results[1][1]):
+            np.testing.assert_allclose(t, t1, rtol=0, atol=1e-5 * np.abs(t1).max())
+    verdicts = results[1][0]
+    assert verdicts[5] is not None and "positive semi-definite" in verdicts[5]
+    assert all(verdicts[k] is None for k in range(12) if k != 5)
