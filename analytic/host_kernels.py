@@ -188,16 +188,30 @@ def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> Non
 def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     w, r, x, y = ins
     new_w, new_r, chol_out, ok, old_diag = outs
-    b = x.shape[0]
     ok[...] = 0
     old_diag[...] = np.diagonal(r)
+    # A zero row of X is an exact no-op (its row and column of K are the identity's, its column of V is zero):
+    # padding rows are dropped here rather than paid for in every O(d²) product. L gets the identity there.
+    live = np.flatnonzero(x.any(axis=1))
+    if live.size < x.shape[0]:
+        chol_out[...] = np.eye(x.shape[0], dtype=r.dtype)
+        if live.size == 0:
+            _copy_unless_aliased(new_r, r)
+            _copy_unless_aliased(new_w, w)
+            ok[...] = 1
+            return
+        x, y = x[live], y[live]
+    b = x.shape[0]
     rxt = _gemm(r, x.T)                                                # R Xᵀ (d, b)
     k = _gemm(x, rxt, out=np.eye(b, dtype=r.dtype), beta=1.0)          # K = I + X R Xᵀ
     k = 0.5 * (k + k.T)
     chol, info = lapack.get_lapack_funcs(("potrf",), (k,))[0](k, lower=1, clean=1)
     if info != 0:
         chol = np.full_like(k, np.nan)                                 # flags the step as broken (not committed)
-    chol_out[...] = chol
+    if b == chol_out.shape[0]:
+        chol_out[...] = chol
+    else:
+        chol_out[np.ix_(live, live)] = chol
     _copy_unless_aliased(new_r, r)
     if not np.isfinite(chol).all():
         _copy_unless_aliased(new_w, w)

@@ -36,13 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, rls_init
+from analytic import RandomBuffer, RLSState, expand_classes, feature_fusion, host_kernels, rls_init
 from analytic.checkpoint import register_checkpoint_type
 from analytic.classes import trim_classes
 from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
-from analytic.rls import rls_predict, rls_step_checked
+from analytic.rls import rls_step_checked
 from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma
 from continual._donation import commit, head_step
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
@@ -193,8 +193,17 @@ def _online_pass(
 
 def predict(state: FOALState, block_cls: Any) -> jax.Array:
     """Logits ``(n, c)`` on fused features; never-seen classes get ``-inf``."""
-    block_cls = check_block_tokens(block_cls, input_dim(state))
-    return mask_unseen(rls_predict(state.head, fused_features(state, block_cls)), state.seen)
+    return _scores(state, check_block_tokens(block_cls, input_dim(state), host=True))
+
+
+def _scores(state: FOALState, block_cls: Any) -> jax.Array:
+    # W read outside the compiled program: a Gram head solves once and caches (analytic.lazy_solve).
+    return _masked_logits(state._replace(head=None), state.head.weight, block_cls)
+
+
+@jax.jit
+def _masked_logits(fusion: FOALState, weight: jax.Array, block_cls: jax.Array) -> jax.Array:
+    return mask_unseen(host_kernels.matmul(fused_features(fusion, block_cls), weight), fusion.seen)
 
 
 class FOAL(ContinualClassifier):
@@ -217,8 +226,12 @@ class FOAL(ContinualClassifier):
         super().__init__(gamma=gamma, projection_dim=projection_dim, batch_size=int(batch_size), ln_scale=ln_scale,
                          ln_bias=ln_bias, seed=seed, dtype=dtype, solver=solver)
 
-    def _check_x(self, x: Any, name: str = "x") -> jax.Array:
-        return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name)
+    def _check_x(self, x: Any, name: str = "x") -> Any:
+        # Host input is checked on the host and transferred once, inside the prediction (no second check there).
+        return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name, host=True)
+
+    def _decision(self, state: FOALState, x: Any) -> jax.Array:
+        return _scores(state, x)
 
     def _check_x_host(self, x: Any, name: str = "x") -> Any:
         return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name, host=True)

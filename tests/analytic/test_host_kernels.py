@@ -219,3 +219,30 @@ def test_a_refused_woodbury_step_leaves_a_donated_state_as_it_was():
     pointer = good.inv_autocorr.unsafe_buffer_pointer()
     new, health = step(good, jnp.asarray(rng.standard_normal((3, 20))), jnp.ones((3, 2)))
     assert bool(health.ok) and new.inv_autocorr.unsafe_buffer_pointer() == pointer
+
+
+def test_woodbury_drops_zero_rows_and_returns_the_identity_there():
+    # Zero rows (padding, interleaved here) are exact no-ops: the step must equal the step on the other rows alone
+    # (float64 rounding: both run the same kernel on the same live rows, so bit for bit), and L must be that
+    # step's factor embedded in the identity; a zero X row with a non-zero target changes nothing either.
+    rng = np.random.default_rng(8)
+    d, c = 40, 3
+    state, _ = rls_step_checked(rls_init(d, c, 0.5), jnp.asarray(rng.standard_normal((7, d))),
+                                jnp.asarray(rng.standard_normal((7, c))))
+    x, y = rng.standard_normal((5, d)), rng.standard_normal((5, c))
+    live = np.array([0, 2, 3, 6, 7])
+    xp, yp = np.zeros((9, d)), rng.standard_normal((9, c))  # targets of the zero rows are not zero on purpose
+    xp[live], yp[live] = x, y
+    w, r, chol, ok, _ = host_kernels.woodbury_step(state.weight, state.inv_autocorr, jnp.asarray(xp),
+                                                   jnp.asarray(yp))
+    w5, r5, chol5, ok5, _ = host_kernels.woodbury_step(state.weight, state.inv_autocorr, jnp.asarray(x),
+                                                       jnp.asarray(y))
+    assert int(ok) == int(ok5) == 1
+    assert np.array_equal(w, w5) and np.array_equal(r, r5)
+    expected = np.eye(9)
+    expected[np.ix_(live, live)] = chol5
+    assert np.array_equal(chol, expected)
+    # And it is the Woodbury step: W' = W + R Xᵀ K⁻¹ (Y − X W) on the live rows, in float64 NumPy.
+    r0, w0 = np.asarray(state.inv_autocorr), np.asarray(state.weight)
+    gain = r0 @ x.T @ np.linalg.inv(np.eye(5) + x @ r0 @ x.T)
+    np.testing.assert_allclose(w, w0 + gain @ (y - x @ w0), rtol=0, atol=1e-12 * np.abs(w5).max())
