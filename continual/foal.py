@@ -141,15 +141,21 @@ def update(state: FOALState, block_cls: Any, y: Any = None, batch_size: int = 10
     # (0/inf -> 0), so it is refused here, before the bounded sigmoid could hide it.
     check_committed(not overflowing_rows(flat(), dtype).size, flat, dtype, name="block_cls", what="class tokens")
     head = expand_classes(state.head, batch.width)
+    donated = True
     if isinstance(head, RidgeHead):
         head, ok = _gram_pass(state._replace(head=None), head, batch.x, batch.targets, np.int32(batch.n))
         health = None
-    else:
-        head, health = _online_pass(state, head, batch.x, batch.targets, int(batch_size))
+    elif batch.x.shape[0] <= batch_size:
+        # One mini-batch: one Woodbury step, which may update a donated head in place (it judges before writing).
+        head, health = _online_step(state._replace(head=None), head, batch.x, batch.targets)
         ok = health.ok
+    else:
+        # Several steps are not donated: a step refused mid-pass could not give back the head as it was.
+        head, health = _online_pass(state, head, batch.x, batch.targets, int(batch_size))
+        ok, donated = health.ok, False
     # One check per pass (one scalar read): an overflowing sample or a broken recursion raises and `state` stays
-    # (a donated Gram head comes back unchanged, continual._donation).
-    restore = (lambda: state._replace(head=trim_classes(head, num_classes(state)))) if health is None else None
+    # (a donated head comes back unchanged, continual._donation).
+    restore = (lambda: state._replace(head=trim_classes(head, num_classes(state)))) if donated else None
     commit(ok, lambda: fused_features(state, jnp.asarray(tokens)), dtype, restore, name="block_cls",
            what="fused features", health=health)
     present = np.zeros(batch.width, bool)
@@ -166,6 +172,13 @@ def _gram_pass(
     return head_accumulate(head, feats, targets, rows, in_place=in_place)
 
 
+@head_step()
+def _online_step(
+    fusion: FOALState, head: RLSState, block_cls: jax.Array, targets: jax.Array, in_place: bool
+) -> tuple[RLSState, RLSHealth]:
+    return rls_step_checked(head, real_rows(fused_features(fusion, block_cls), targets), targets, in_place=in_place)
+
+
 @partial(jax.jit, static_argnames="batch_size")
 def _online_pass(
     state: FOALState, head: RLSState, block_cls: jax.Array, targets: jax.Array, batch_size: int
@@ -175,8 +188,6 @@ def _online_pass(
     # the same shape and the pass is one scan in one compiled program.
     rows = -(-feats.shape[0] // batch_size) * batch_size
     feats, targets = pad_rows(feats, rows), pad_rows(targets, rows)
-    if rows == batch_size:  # one mini-batch: one step, no scan
-        return rls_step_checked(head, feats, targets)
     batches = (feats.reshape(-1, batch_size, feats.shape[1]), targets.reshape(-1, batch_size, targets.shape[1]))
 
     def step(carry: tuple[RLSState, RLSHealth], batch: tuple[jax.Array, jax.Array]):
