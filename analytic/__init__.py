@@ -1,7 +1,8 @@
 """analytic: the closed-form ridge / recursive-least-squares core every other package calls.
 
-See DESIGN.md: additive statistics (``GramStats``), one SPD solve (``ridge_solve``), the Woodbury recursion
-(``rls_update``), fixed feature buffers, sharded accumulation and checkpoints.
+See docs/architecture.md and docs/methods.md §1: additive statistics (``GramStats``), one SPD solve
+(``ridge_solve``), the Woodbury recursion (``rls_update``), fixed feature buffers, sharded accumulation and
+checkpoints.
 """
 
 from analytic.buffers import ACTIVATIONS, GaussianKernelBuffer, RandomBuffer, feature_fusion

@@ -41,7 +41,7 @@ class RandomBuffer:
       seed: integer seed or ``jax.random`` key; the same seed gives the same buffer on every host (federated
         random layers are shared this way).
       init: ``"normal"`` -- ``A ~ N(0, 1/in_dim)``; ``"uniform"`` -- ``U(-1, 1)``; ``"torch_linear"`` -- PyTorch's
-        ``nn.Linear`` default ``U(±1/√in_dim)`` as in the ACIL/DS-AL repositories (METHODS.md 2b).
+        ``nn.Linear`` default ``U(±1/√in_dim)`` as in the ACIL/DS-AL repositories (docs/methods.md §2b).
       bias: add a bias ``b`` drawn like ``A``'s row scale (zero-mean); ``False`` as in ACIL.
       dtype: parameter and output dtype.
     """
@@ -160,7 +160,7 @@ def feature_fusion(
     block_cls: jax.Array, projection: jax.Array, ln_scale: jax.Array | None = None,
     ln_bias: jax.Array | None = None, eps: float = 1e-6,
 ) -> jax.Array:
-    """F-OAL feature fusion (Zhuang et al., NeurIPS 2024, §3.2; METHODS.md section 2).
+    """F-OAL feature fusion (Zhuang et al., NeurIPS 2024, §3.2; docs/methods.md §2).
 
     ``sigmoid(LayerNorm(mean_l cls_l) @ P)``: the class token of every transformer block is averaged, normalized by
     a LayerNorm (the backbone's final LayerNorm: pass its ``ln_scale``/``ln_bias``; ``None`` = no affine) and

@@ -1,8 +1,9 @@
 """``AnalyticLinear``: a scikit-learn-style ridge classifier over the functional core.
 
-The convenience layer of DESIGN.md: it holds a state pytree (``GramStats`` or ``RLSState``) and calls the core.
+The convenience layer over the functional core (docs/architecture.md): it holds a state pytree (``GramStats`` or
+``RLSState``) and calls the core.
 ``partial_fit`` on any split of the data gives the same ``coef_`` as ``fit`` on all of it (the joint ridge
-solution, METHODS.md section 1) -- the property every analytic learner is built on.
+solution, docs/methods.md §1) -- the property every analytic learner is built on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Gram accumulation sharded over devices: per-device ``XᵀX`` blocks reduced with ``psum``.
 
-Only Grams add (METHODS.md, section 1: never average ``R`` or ``W`` across devices), so data parallelism for an
+Only Grams add (docs/methods.md §1: never average ``R`` or ``W`` across devices), so data parallelism for an
 analytic head is: split the rows over a mesh axis, form each device's block Gram locally, ``psum`` the blocks,
 add the reduced block to the (replicated) statistics. The same function runs on one host with several (virtual)
 CPU devices, on a GPU/TPU slice, or across processes after ``jax.distributed.initialize``.

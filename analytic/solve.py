@@ -1,6 +1,6 @@
 """Ridge solves: ``W = (A + γI)⁻¹ B`` for symmetric positive semi-definite ``A``.
 
-The primal system of ridge regression, ``(XᵀX + γI) W = XᵀY`` (METHODS.md, section 1), is symmetric positive
+The primal system of ridge regression, ``(XᵀX + γI) W = XᵀY`` (docs/methods.md §1), is symmetric positive
 definite for γ > 0, so it is factorized once by Cholesky (``d³/3`` flops) and every right-hand side reuses the
 factor -- ``scipy.linalg.cho_solve(cho_factor(A + γI), B)`` is the SciPy equivalent.
 
@@ -139,7 +139,7 @@ def ridge_fit(x: Any, y: Any, gamma: float, *, form: str = "auto", **kwargs: Any
     """Ridge weights ``W: (d, c)`` from data ``x: (n, d)`` and labels ``(n,)`` or targets ``(n, c)``.
 
     ``form="primal"`` solves ``(XᵀX + γI) W = XᵀY`` (a ``d×d`` system); ``form="dual"`` solves the kernel form
-    ``W = Xᵀ(XXᵀ + γI)⁻¹Y`` (an ``n×n`` system; push-through identity, METHODS.md section 1). ``"auto"`` picks the
+    ``W = Xᵀ(XXᵀ + γI)⁻¹Y`` (an ``n×n`` system; push-through identity, docs/methods.md §1). ``"auto"`` picks the
     smaller system. Both forms call :func:`ridge_solve`.
     """
     x = check_features(x)

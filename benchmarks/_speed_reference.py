@@ -1,6 +1,6 @@
 """Plain NumPy implementations of the learners' math: the bars of ``python -m benchmarks speed``.
 
-Every reference computes the same quantity as the learner it is compared with (METHODS.md sections 1-2), in
+Every reference computes the same quantity as the learner it is compared with (docs/methods.md §1-2), in
 NumPy only, in the dtype of the run:
 
 * :class:`GramPath` -- accumulate ``XᵀX`` (NumPy's ``x.T @ x``, a SYRK) and ``XᵀY`` per batch, one

@@ -82,7 +82,7 @@ def gram_throughput(n: int, d: int, repeats: int) -> dict[str, Any]:
 
 def naive_woodbury(feats: np.ndarray, labels: np.ndarray, classes: int, gamma: float, batch: int,
                    phase_ends: set[int], progress: tqdm) -> tuple[list[np.ndarray], float]:
-    """The published recursion, literally, in NumPy float64 with ``np.linalg.inv`` per batch (METHODS.md §1)."""
+    """The published recursion, literally, in NumPy float64 with ``np.linalg.inv`` per batch (docs/methods.md §1)."""
     d = feats.shape[1]
     t0 = time.perf_counter()
     r = np.eye(d) / gamma

@@ -1,7 +1,7 @@
 """ACIL: analytic class-incremental learning with absolute memorization.
 
 Zhuang et al., "ACIL: Analytic Class-Incremental Learning with Absolute Memorization and Privacy Protection",
-NeurIPS 2022; METHODS.md section 2. A frozen backbone's features pass through a fixed random buffer
+NeurIPS 2022; docs/methods.md §2. A frozen backbone's features pass through a fixed random buffer
 ``φ(x) = relu(x A)`` and a ridge head is learned phase after phase. After every phase ``W`` equals the joint ridge
 solution ``(ΦᵀΦ + γI)⁻¹ ΦᵀY`` on the buffered features of all data seen so far, whatever the order of phases or
 classes (absolute memorization, §3), so the head can be kept in either of two exact forms (``solver``):
@@ -12,7 +12,7 @@ classes (absolute memorization, §3), so the head can be kept in either of two e
 * ``"rls"``: the Woodbury updates of ``R`` and ``W`` (equations (10) and (9) as the authors' code numbers them,
   :func:`analytic.rls_step_checked`), for callers that need ``W`` after every batch.
 
-Authors' settings (METHODS.md 2b): float64, no bias, ``buffer_init="torch_linear"`` (``nn.Linear``'s default
+Authors' settings (docs/methods.md §2b): float64, no bias, ``buffer_init="torch_linear"`` (``nn.Linear``'s default
 ``U(±1/√d)``), γ = 0.1, buffer 8192 for CIFAR-100.
 """
 

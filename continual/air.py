@@ -1,7 +1,7 @@
 """AIR: analytic imbalance rectifier -- a class-balanced ridge head for long-tailed, continual streams.
 
-Fang et al., "AIR: Analytic Imbalance Rectifier for Continual Learning", arXiv:2408.10349 (2024); METHODS.md
-section 2. Each class's statistics are re-weighted by ``π_c`` before one ridge solve::
+Fang et al., "AIR: Analytic Imbalance Rectifier for Continual Learning", arXiv:2408.10349 (2024);
+docs/methods.md §2. Each class's statistics are re-weighted by ``π_c`` before one ridge solve::
 
     W = (Σ_c π_c X_cᵀX_c + γI)⁻¹ Σ_c π_c X_cᵀY_c,        π_c = n_c^(-p)   (p = 1: inverse class frequency)
 

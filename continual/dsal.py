@@ -1,7 +1,7 @@
 """DS-AL: dual-stream analytic learning for exemplar-free class-incremental learning.
 
 Zhuang et al., "DS-AL: A Dual-Stream Analytic Learning for Exemplar-Free Class-Incremental Learning", AAAI 2024;
-METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge heads:
+docs/methods.md §2. One shared random projection ``Z = x A`` feeds two ridge heads:
 
 * main stream: ``X_M = relu(Z)``, ``W_M`` = joint ridge on all data seen (C-RLS, γ_main);
 * compensation stream: ``X_C = tanh(Z)`` (any other activation), fit to the main stream's residual
@@ -12,7 +12,7 @@ METHODS.md section 2. One shared random projection ``Z = x A`` feeds two ridge h
 ``cleansing="paper"`` (default): one call to :func:`update` is one phase; the residual uses the main weights at
 the end of the phase and zeroes the columns of classes seen in earlier phases. ``W_C`` then equals a joint ridge
 on compensation features against the cleansed residuals of all phases. ``cleansing="authors"`` reproduces the
-repository (METHODS.md 2b): per mini-batch of ``batch_size`` rows, the residual uses the main weights right after
+repository (docs/methods.md §2b): per mini-batch of ``batch_size`` rows, the residual uses the main weights right after
 that batch and keeps only the last ``new_classes`` columns of the current width (``max label + 1``) -- which
 equals the paper only when each phase's class ids are the contiguous block above all earlier ones.
 

@@ -1,7 +1,7 @@
 """F-OAL: forward-only online analytic learning.
 
 Zhuang et al., "F-OAL: Forward-only Online Analytic Learning with Fast Training and Low Memory Footprint in
-Class Incremental Learning", NeurIPS 2024; METHODS.md section 2. A frozen pretrained ViT runs forward once per
+Class Incremental Learning", NeurIPS 2024; docs/methods.md §2. A frozen pretrained ViT runs forward once per
 sample; its class tokens of all blocks are fused (:func:`analytic.feature_fusion`: mean over blocks -> the ViT's
 final LayerNorm -> fixed random projection ``P`` -> sigmoid) and a ridge head is updated by recursive least
 squares on every mini-batch of 10 samples (``R₀ = I/γ``, γ = 1). The stream is seen once; after any number
@@ -18,7 +18,7 @@ That equality lets the head be kept in either of two exact forms (``solver``), a
   accuracy where the float32 recursion did not (1024 fused features, 4,096 samples: ``W`` within 1e-2 of float64
   joint ridge against 1.6e-4).
 
-As in the authors' code (METHODS.md 2b) ``P`` is ``nn.Linear(D, P, bias=False)``'s untrained default init
+As in the authors' code (docs/methods.md §2b) ``P`` is ``nn.Linear(D, P, bias=False)``'s untrained default init
 ``U(±1/√D)``; ``W`` may hold columns for every class from the start, so classes never seen in the stream are
 masked at prediction (their zero column would otherwise win whenever all seen logits are negative). The authors
 invert ``I + X R Xᵀ`` with ``pinverse``; it is symmetric positive definite, so the core's Cholesky gives the same

@@ -1,7 +1,7 @@
 """GACL: exemplar-free generalized analytic continual learning (Si-Blurry streams).
 
 Zhuang et al., "GACL: Exemplar-Free Generalized Analytic Continual Learning", NeurIPS 2024 (arXiv:2403.15706),
-§3 (the recursive solution with the exposed class label gain, ECLG); METHODS.md section 2. In generalized
+§3 (the recursive solution with the exposed class label gain, ECLG); docs/methods.md §2. In generalized
 class-incremental learning a batch mixes classes that were *exposed* earlier with *unexposed* ones seen for the
 first time, and classes reappear across tasks. GACL splits the one-hot labels of batch ``k`` into the exposed
 block ``Y_k^E`` and the unexposed block ``Y_k^U`` and updates::
@@ -24,7 +24,8 @@ the learner keeps the head in one of two exact forms (``solver``):
 Columns are indexed by the original class ids (the authors renumber classes by first exposure; the two differ
 by a column permutation only). Prediction masks never-exposed classes, as the authors evaluate on exposed ones.
 
-``online_iter`` (METHODS.md 2b): the authors' code fits every batch ``online_iter = k`` times (3 in their scripts).
+``online_iter`` (docs/methods.md §2b): the authors' code fits every batch ``online_iter = k`` times (3 in their
+scripts).
 On the recursion that is ``k`` steps on the batch; on the Gram path it is ``k`` times the batch's statistics
 (:func:`analytic.lazy_solve.head_accumulate` with ``repeats=k``). Both equal joint ridge with ``γ / k`` when
 ``k`` is fixed; the default 1 is the paper's equations.

@@ -5,7 +5,7 @@ This is the absolute-aggregation law of AFL (Zhuang et al., 2024, "Analytic Fede
 server: every process holds its own rows, accumulates ``(XₖᵀXₖ, XₖᵀYₖ, nₖ)`` with :func:`analytic.gram_update`,
 the statistics are summed with ``jax.lax.psum`` under ``shard_map`` over a global mesh holding one device per
 process, and every process solves the same ``(d, d)`` system with :func:`analytic.gram_solve`. Only Grams are
-reduced, never weights (METHODS.md §1), so the result equals single-process ridge on all rows for any split.
+reduced, never weights (docs/methods.md §1), so the result equals single-process ridge on all rows for any split.
 
 The code is backend-neutral: on CPU the cross-process collectives go through gloo (selected in
 :func:`initialize`); on multi-host GPU/TPU the same mesh and ``psum`` use NCCL/ICI.

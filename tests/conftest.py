@@ -1,4 +1,4 @@
-"""Test-wide settings: float64 is on for every exactness test (DESIGN.md, Conventions/Precision).
+"""Test-wide settings: float64 is on for every exactness test (docs/architecture.md, "Precision").
 
 Float32 paths are tested by passing ``dtype=jnp.float32`` explicitly, so enabling x64 here changes only the
 defaults, never what a float32 test measures.

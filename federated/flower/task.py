@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "gamma": 1.0, "remove-regularization": True, "global-gamma": 1.0,
     "waves": 1,  # AFL rounds; a later wave asks only nodes that have not contributed yet (late or failed)
     "join-timeout": 0.0,  # before a later wave, wait this long for num-partitions nodes to be connected
-    # DeepAFL (METHODS.md section 3; the authors use 1024/1024/20/1/0.05/gelu)
+    # DeepAFL (docs/methods.md §3; the authors use 1024/1024/20/1/0.05/gelu)
     "phi-dim": 128, "block-dim": 128, "layers": 2, "lam": 1.0, "deepafl-gamma": 0.05,
     "activation": "gelu", "input-activation": "tanh", "seed": 0,
     # Fault injection for drills and tests: "<partition>:<raise|silent>[@<round>]", comma-separated.

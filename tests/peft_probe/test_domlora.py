@@ -36,7 +36,7 @@ def test_domlora_places_one_down_proj_like_the_paper():
     assert config == LoraConfig(r=8, alpha=16, target_modules=("down_proj",), layers_to_transform=(1,))
     model = tiny_model()
     assert inject_lora(model, config, 0) == ["model.layers.1.mlp.down_proj"]
-    # SmolLM2-135M arithmetic from METHODS.md: one down_proj has r (1536 + 576) = 2112 r of 305,280 r (0.69%)
+    # SmolLM2-135M (hidden 576, intermediate 1536): one down_proj has r (1536 + 576) = 2112 r of 305,280 r (0.69%)
     assert 2112 / 305_280 == pytest.approx(0.0069, abs=1e-4)
 
 
