@@ -31,7 +31,7 @@ from analytic.checkpoint import atomic_savez, atomic_write_text
 from federated import afl, deepafl
 from federated import messages as msg
 from federated.flower import records, task
-from federated.flower.rounds import RoundOutcome, run_round, wait_for_nodes
+from federated.flower.rounds import RoundOutcome, TrackedGrid, run_round, wait_for_nodes
 from federated.validation import Rejection
 
 app = ServerApp()
@@ -60,6 +60,7 @@ def run(grid: Grid, config: Mapping[str, Any]) -> dict[str, Any]:
     """Run the configured protocol on ``grid``; returns (and writes to ``output-dir``) the report."""
     jax.config.update("jax_enable_x64", True)
     start = time.monotonic()
+    grid = TrackedGrid(grid)
     split = task.load_split(config)
     nodes = wait_for_nodes(grid, int(config["min-clients"]), float(config["connect-timeout"]))
     if len(nodes) < int(config["min-clients"]):
@@ -68,9 +69,12 @@ def run(grid: Grid, config: Mapping[str, Any]) -> dict[str, Any]:
     partition_of, hello = _hello(grid, config, nodes)
     protocol = _run_afl if config["method"] == "afl" else _run_deepafl
     report, arrays = protocol(grid, config, split, sorted(partition_of), partition_of)
+    # Messages that missed their deadline may still be running; wait (at most one round's deadline) until they
+    # finish, so their late context write-backs cannot land in whatever protocol the caller runs next.
+    late, unfinished = grid.drain(float(config["round-timeout"]))
     expected = set(range(int(config["num-partitions"])))
     report.update(method=config["method"], config=dict(config), seconds=time.monotonic() - start,
-                  hello=hello,
+                  hello=hello, late_replies=late, unfinished_messages=unfinished,
                   missing_partitions=sorted(expected - set(report["merged_partitions"])))
     if config["output-dir"]:
         out = Path(str(config["output-dir"]))
@@ -82,7 +86,7 @@ def run(grid: Grid, config: Mapping[str, Any]) -> dict[str, Any]:
     return report
 
 
-def _hello(grid: Grid, config: Mapping[str, Any], nodes: list[int]) -> tuple[dict[int, int], dict[str, Any]]:
+def _hello(grid: TrackedGrid, config: Mapping[str, Any], nodes: list[int]) -> tuple[dict[int, int], dict[str, Any]]:
     """Round 0: every node's partition id (also warms the workers; its deadline is ``connect-timeout``)."""
     def decode(rd: RecordDict) -> int:
         info = rd.get("hello")
@@ -134,7 +138,7 @@ def _accuracy(scores: Any, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(np.asarray(scores), axis=1) == labels)) if len(labels) else float("nan")
 
 
-def _run_afl(grid: Grid, config: Mapping[str, Any], split: task.Split, nodes: list[int],
+def _run_afl(grid: TrackedGrid, config: Mapping[str, Any], split: task.Split, nodes: list[int],
              partition_of: dict[int, int]):
     dtype = np.dtype(config["client-dtype"])
     state = afl.server_init(split.x_train.shape[1], split.classes)
@@ -174,7 +178,7 @@ def _afl_solve(state: afl.AFLServerState, config: Mapping[str, Any]) -> Any:
                             global_gamma=float(config["global-gamma"]))
 
 
-def _afl_evaluate(grid: Grid, config: Mapping[str, Any], weight: Any, count: int,
+def _afl_evaluate(grid: TrackedGrid, config: Mapping[str, Any], weight: Any, count: int,
                   node_of: Mapping[int, int]) -> float | None:
     """Send the AFL answer (:class:`AFLBroadcast`) to the merged clients; their pooled local accuracy."""
     gamma = float(config["global-gamma"]) if config["remove-regularization"] else float("nan")
@@ -194,7 +198,7 @@ def _afl_evaluate(grid: Grid, config: Mapping[str, Any], weight: Any, count: int
     return sum(int(m["correct"]) for m in outcome.decoded.values()) / counted if counted else None
 
 
-def _run_deepafl(grid: Grid, config: Mapping[str, Any], split: task.Split, nodes: list[int],
+def _run_deepafl(grid: TrackedGrid, config: Mapping[str, Any], split: task.Split, nodes: list[int],
                  partition_of: dict[int, int]):
     dtype = np.dtype(config["client-dtype"])
     setup = msg.DeepAFLSetup(int(config["seed"]), int(split.x_train.shape[1]), int(split.classes),
