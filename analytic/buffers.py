@@ -17,7 +17,7 @@ from analytic import host_kernels
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 
-__all__ = ["ACTIVATIONS", "RandomBuffer", "GaussianKernelBuffer", "feature_fusion"]
+__all__ = ["ACTIVATIONS", "RandomBuffer", "GaussianKernelBuffer", "feature_fusion", "learner_buffer"]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": jax.nn.relu,
@@ -68,6 +68,38 @@ class RandomBuffer:
             b = jax.random.uniform(kb, (out_dim,), dt, -bound, bound) if bias else None
         self.weight, self.bias, self.activation = weight, b, activation
 
+    @classmethod
+    def from_weights(cls, weight: Any, bias: Any = None, activation: str = "relu", dtype: Any = None) -> RandomBuffer:
+        """The buffer ``σ(x A + b)`` with given ``A = weight: (in_dim, out_dim)`` and ``b = bias: (out_dim,)``
+        (e.g. another implementation's buffer, to reproduce its run; PyTorch's ``nn.Linear`` stores ``Aᵀ``).
+        ``dtype`` defaults to the policy's (not the arrays'); a buffer built from the arrays a seed draws equals
+        the seeded buffer exactly."""
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        dt = resolve_dtype(dtype)
+        arrays = []
+        for name, value, ndim in (("weight", weight, 2), ("bias", bias, 1)):
+            if value is None:
+                arrays.append(None)
+                continue
+            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+                raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+            if not jnp.issubdtype(value.dtype, jnp.floating):
+                raise TypeError(f"{name} must be floating, got dtype {value.dtype}")
+            if value.ndim != ndim or 0 in value.shape:
+                raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {tuple(value.shape)}")
+            value = jnp.asarray(value, dt)
+            if not bool(jnp.isfinite(value).all()):
+                raise ValueError(f"{name} contains NaN or inf entries")
+            arrays.append(value)
+        weight, bias = arrays
+        if weight is None:
+            raise TypeError("weight must be an array, got None")
+        if bias is not None and bias.shape != (weight.shape[1],):
+            raise ValueError(f"bias must have shape ({weight.shape[1]},) for weight {tuple(weight.shape)}, got "
+                             f"{tuple(bias.shape)}")
+        return cls.tree_unflatten(activation, (weight, bias))
+
     @property
     def in_dim(self) -> int:
         return self.weight.shape[0]
@@ -95,6 +127,33 @@ class RandomBuffer:
     def __repr__(self) -> str:
         return (f"RandomBuffer({self.in_dim}->{self.out_dim}, {self.activation}, bias={self.bias is not None},"
                 f" {self.weight.dtype})")
+
+
+def learner_buffer(
+    buffer: RandomBuffer | None, in_dim: int, size: int | None, activation: str, seed: Any, init: str, dtype: Any,
+    name: str = "buffer",
+) -> RandomBuffer:
+    """A learner's buffer: the given ``buffer`` -- checked to take ``in_dim`` inputs, to have ``size`` outputs
+    (if ``size`` is given) and ``activation``, and cast to ``dtype`` -- or, if ``None``, the seeded
+    ``RandomBuffer(in_dim, size, activation, seed, init)``. Passing the buffer a seed draws gives the seeded learner
+    exactly."""
+    dt = resolve_dtype(dtype)
+    if buffer is None:
+        if size is None:
+            raise ValueError(f"pass either a {name} or its size")
+        return RandomBuffer(in_dim, size, activation, seed, init, dtype=dt)
+    if not isinstance(buffer, RandomBuffer):
+        raise TypeError(f"{name} must be an analytic.RandomBuffer (see RandomBuffer.from_weights), got "
+                        f"{type(buffer).__name__}")
+    if buffer.in_dim != in_dim:
+        raise ValueError(f"{name} takes {buffer.in_dim} inputs but the data have {in_dim} features")
+    if size is not None and size != buffer.out_dim:
+        raise ValueError(f"{name} has {buffer.out_dim} outputs but a size of {size} was given; omit the size")
+    if buffer.activation != activation:
+        raise ValueError(f"{name} applies {buffer.activation!r} but this learner's activation is {activation!r}")
+    if buffer.weight.dtype == dt:
+        return buffer
+    return RandomBuffer.from_weights(buffer.weight, buffer.bias, buffer.activation, dt)
 
 
 @jax.jit

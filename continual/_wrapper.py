@@ -90,6 +90,9 @@ def mask_unseen(logits: jax.Array, seen: jax.Array) -> jax.Array:
     return jnp.where(seen[None, :], logits, -jnp.inf)
 
 
+_FROM_STATE = "<given: stored in the state>"
+
+
 class ContinualClassifier:
     """Base of the learners' class wrappers.
 
@@ -108,6 +111,9 @@ class ContinualClassifier:
     _update_options: ClassVar[tuple[str, ...]] = ()
     #: Constructor arguments a checkpoint written before they existed implicitly used.
     _legacy_params: ClassVar[dict[str, Any]] = {}
+    #: Array-valued constructor arguments (given weights) -> the state field that holds them. A checkpoint's
+    #: metadata records only that they were given (the state holds them); load takes them back from the state.
+    _state_params: ClassVar[dict[str, str]] = {}
     state: Any
 
     def __init__(self, **params: Any) -> None:
@@ -121,7 +127,7 @@ class ContinualClassifier:
 
     # -- hooks ---------------------------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (JSON-serializable; stored in checkpoints)."""
+        """Constructor arguments (all JSON-serializable but the given weights of ``_state_params``)."""
         return {key: getattr(self, key) for key in self._param_names}
 
     def _init_state(self, in_dim: int, classes: int) -> Any:
@@ -212,7 +218,8 @@ class ContinualClassifier:
         self._require_fitted()
         metadata = {
             "learner": type(self).__name__,
-            "params": json.loads(json.dumps(self.get_params())),
+            "params": json.loads(json.dumps({k: (_FROM_STATE if k in self._state_params and v is not None else v)
+                                             for k, v in self.get_params().items()})),
             "n_classes_declared": self.n_classes_declared_,
         }
         save_state(path, self.state, metadata, overwrite=overwrite)
@@ -238,6 +245,12 @@ class ContinualClassifier:
         if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared <= 0):
             raise CheckpointError(f"{where}: n_classes_declared={declared!r} is not a positive integer or null")
         try:
+            # Given weights live in the state; they are passed back so that `fit` after `load` keeps using them.
+            for key, field in cls._state_params.items():
+                if params.get(key) == _FROM_STATE:
+                    params[key] = getattr(loaded, field)
+                elif params.get(key) is not None:
+                    raise ValueError(f"{key} must be null or {_FROM_STATE!r} in a checkpoint, got {params[key]!r}")
             learner = cls(**params)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{where}: invalid stored {cls.__name__} arguments: {err}") from err

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
+from analytic.buffers import learner_buffer
 from analytic.checkpoint import register_checkpoint_type
 from analytic.classes import trim_classes
 from analytic.dtypes import HIGHEST, resolve_dtype
@@ -49,14 +50,18 @@ class ACILState(NamedTuple):
 
 
 def init(
-    in_dim: int, classes: int = 0, gamma: float = 0.1, *, buffer_size: int = 8192, activation: str = "relu",
+    in_dim: int, classes: int = 0, gamma: float = 0.1, *, buffer_size: int | None = None, activation: str = "relu",
     buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
+    buffer: RandomBuffer | None = None,
 ) -> ACILState:
-    """Buffer of width ``buffer_size`` and an empty head (``W₀ = 0``; ``R₀ = I/γ`` for ``solver="rls"``)."""
+    """Buffer and an empty head (``W₀ = 0``; ``R₀ = I/γ`` for ``solver="rls"``). The buffer is ``buffer`` if given
+    (e.g. :meth:`analytic.RandomBuffer.from_weights` of another run's weights), else drawn from ``seed`` with
+    ``buffer_size`` outputs (default 8192, the paper's CIFAR-100 width)."""
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
-    buffer = RandomBuffer(in_dim, buffer_size, activation, seed, buffer_init, dtype=dt)
-    head = (head_init if check_solver(solver) == "gram" else rls_init)(buffer_size, classes, gamma, dt)
+    size = buffer_size if buffer_size is not None or buffer is not None else 8192
+    buffer = learner_buffer(buffer, in_dim, size, activation, seed, buffer_init, dt)
+    head = (head_init if check_solver(solver) == "gram" else rls_init)(buffer.out_dim, classes, gamma, dt)
     return ACILState(buffer, head)
 
 
@@ -121,14 +126,17 @@ class ACIL(ContinualClassifier):
     _module = sys.modules[__name__]
     _legacy_params = {"solver": "rls"}
 
+    _state_params = {"buffer": "buffer"}
+
     def __init__(
-        self, gamma: float = 0.1, *, buffer_size: int = 8192, activation: str = "relu", buffer_init: str = "normal",
-        seed: int = 0, dtype: Any = None, solver: str = "gram",
+        self, gamma: float = 0.1, *, buffer_size: int | None = None, activation: str = "relu",
+        buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
+        buffer: RandomBuffer | None = None,
     ) -> None:
         check_gamma(gamma)
         check_solver(solver)
         super().__init__(gamma=gamma, buffer_size=buffer_size, activation=activation, buffer_init=buffer_init,
-                         seed=seed, dtype=dtype, solver=solver)
+                         seed=seed, dtype=dtype, solver=solver, buffer=buffer)
 
     @property
     def coef_(self) -> jax.Array:

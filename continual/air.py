@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, expand_classes, gram_accumulate, gram_init, host_kernels, ridge_solve
+from analytic.buffers import learner_buffer
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import gram_finite
@@ -79,13 +80,15 @@ def check_options(gamma: float, power: float, statistics: str) -> float:
 def init(
     in_dim: int, classes: int = 0, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False,
     statistics: str = "full", buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
-    dtype: Any = None,
+    dtype: Any = None, buffer: RandomBuffer | None = None,
 ) -> AIRState:
-    """Empty statistics for ``in_dim`` inputs (expanded by a ReLU buffer of ``buffer_size`` if given)."""
+    """Empty statistics for ``in_dim`` inputs, expanded by a ReLU buffer if one is given (``buffer``) or sized
+    (``buffer_size``, drawn from ``seed``)."""
     gamma = check_options(gamma, power, statistics)
     dt = resolve_dtype(dtype)
-    buffer = None if buffer_size is None else RandomBuffer(in_dim, buffer_size, "relu", seed, buffer_init, dtype=dt)
-    d = in_dim if buffer is None else buffer_size
+    if buffer is not None or buffer_size is not None:
+        buffer = learner_buffer(buffer, in_dim, buffer_size, "relu", seed, buffer_init, dt)
+    d = in_dim if buffer is None else buffer.out_dim
     shape = (classes, d, d) if statistics == "full" else (classes, d)
     return AIRState(
         buffer, gram_init(d, classes, dt), jnp.zeros(shape, dt), jnp.zeros((classes,), jnp.int32),
@@ -218,14 +221,16 @@ class AIR(ContinualClassifier):
     """Class wrapper (scikit-learn verbs) over :func:`init`/:func:`update`/:func:`predict`; caches the solve."""
 
     _module = sys.modules[__name__]
+    _state_params = {"buffer": "buffer"}
 
     def __init__(
         self, gamma: float = 1.0, *, power: float = 1.0, normalize: bool = False, statistics: str = "full",
         buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
+        buffer: RandomBuffer | None = None,
     ) -> None:
         check_options(gamma, power, statistics)
         super().__init__(gamma=gamma, power=power, normalize=normalize, statistics=statistics,
-                         buffer_size=buffer_size, buffer_init=buffer_init, seed=seed, dtype=dtype)
+                         buffer_size=buffer_size, buffer_init=buffer_init, seed=seed, dtype=dtype, buffer=buffer)
         self._weight: tuple[Any, jax.Array] | None = None
 
     def _decision(self, state: AIRState, x: jax.Array) -> jax.Array:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init, rls_step_checked
-from analytic.buffers import ACTIVATIONS
+from analytic.buffers import ACTIVATIONS, learner_buffer
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health
@@ -101,17 +101,20 @@ def check_options(
 
 def init(
     in_dim: int, classes: int = 0, gamma_main: float = 0.1, gamma_comp: float = 0.1, *,
-    compensation_ratio: float = 0.6, buffer_size: int = 8192, activation_main: str = "relu",
+    compensation_ratio: float = 0.6, buffer_size: int | None = None, activation_main: str = "relu",
     activation_comp: str = "tanh", buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
-    solver: str = "gram",
+    solver: str = "gram", projection: RandomBuffer | None = None,
 ) -> DSALState:
-    """Shared projection and two empty heads (``W₀ = 0``; ``R₀ = I/γ`` each for ``solver="rls"``)."""
+    """Shared projection and two empty heads (``W₀ = 0``; ``R₀ = I/γ`` each for ``solver="rls"``). The projection
+    ``Z = x A`` is ``projection`` if given (an ``"identity"`` :class:`analytic.RandomBuffer`, e.g. from
+    :meth:`~analytic.RandomBuffer.from_weights`), else drawn from ``seed`` with ``buffer_size`` outputs (8192)."""
     check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp)
     dt = resolve_dtype(dtype)
-    projection = RandomBuffer(in_dim, buffer_size, "identity", seed, buffer_init, dtype=dt)
+    size = buffer_size if buffer_size is not None or projection is not None else 8192
+    projection = learner_buffer(projection, in_dim, size, "identity", seed, buffer_init, dt, name="projection")
     make = head_init if check_solver(solver) == "gram" else rls_init
-    main = make(buffer_size, classes, gamma_main, dt)
-    comp = make(buffer_size, classes, gamma_comp, dt)
+    main = make(projection.out_dim, classes, gamma_main, dt)
+    comp = make(projection.out_dim, classes, gamma_comp, dt)
     activations = StreamActivations(activation_main, activation_comp)
     ratio = jnp.asarray(compensation_ratio, dt)
     return DSALState(projection, activations, main, comp, jnp.zeros((classes,), bool), ratio)
@@ -176,6 +179,21 @@ def _comp_gram(
     return head_accumulate(comp, x_comp, _cleansed(w_main, x_main, targets, keep), rows)
 
 
+def check_authors_options(cleansing: str, batch_size: int | None, new_classes: int | None) -> None:
+    """``cleansing``, ``batch_size`` and ``new_classes`` (see :func:`update`), or a ``ValueError`` naming them."""
+    if cleansing not in CLEANSING:
+        raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
+    for name, value in (("batch_size", batch_size), ("new_classes", new_classes)):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+                                  or value < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+    if cleansing == "authors" and batch_size is None:
+        raise ValueError("cleansing='authors' cleanses per mini-batch: pass batch_size (the repository's "
+                         "mini-batch; one at least the phase's size makes each phase one batch)")
+    if cleansing == "paper" and new_classes is not None:
+        raise ValueError("new_classes is the repository's increase_size: it applies only with cleansing='authors'")
+
+
 def update(
     state: DSALState, x: Any, y: Any = None, *, cleansing: str = "paper", batch_size: int | None = None,
     new_classes: int | None = None,
@@ -183,16 +201,14 @@ def update(
     """Learn one phase ``x: (n, in_dim)``, class ids ``y: (n,)`` (or a prepared batch as ``x``), in mini-batches of
     ``batch_size`` rows.
 
-    ``new_classes`` (``cleansing="authors"`` only) is the repository's ``increase_size``; default: the number of
-    classes in ``y`` not seen in earlier phases.
+    ``cleansing="authors"`` needs ``batch_size`` (the repository's mini-batch; a value ≥ the phase's rows makes
+    the phase one batch). ``new_classes`` (``"authors"`` only) is the repository's ``increase_size``; default: the
+    number of classes in ``y`` not seen in earlier phases.
     """
-    if cleansing not in CLEANSING:
-        raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
+    check_authors_options(cleansing, batch_size, new_classes)
     gram = isinstance(state.main, RidgeHead)
     if gram and cleansing == "authors":
         raise ValueError("cleansing='authors' needs W_M after every mini-batch: use solver='rls' for it")
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     dt = state_dtype(state)
     phase = as_batch(x, y, dim=input_dim(state), classes=num_classes(state), dtype=dt)
     labels, width = phase.labels, phase.width
@@ -268,17 +284,21 @@ class DSAL(ContinualClassifier):
     """DS-AL with scikit-learn verbs; ``partial_fit`` = one phase (see :func:`update` for ``cleansing``)."""
 
     _module = sys.modules[__name__]
-    _update_options = ("cleansing", "batch_size")
+    _update_options = ("cleansing", "batch_size", "new_classes")
     _legacy_params = {"solver": "rls"}
+    _state_params = {"projection": "projection"}
 
     def __init__(
         self, gamma_main: float = 0.1, gamma_comp: float = 0.1, *, compensation_ratio: float = 0.6,
-        buffer_size: int = 8192, activation_main: str = "relu", activation_comp: str = "tanh",
+        buffer_size: int | None = None, activation_main: str = "relu", activation_comp: str = "tanh",
         cleansing: str = "paper", batch_size: int | None = None, buffer_init: str = "normal", seed: int = 0,
-        dtype: Any = None, solver: str | None = None,
+        dtype: Any = None, solver: str | None = None, projection: RandomBuffer | None = None,
+        new_classes: int | None = None,
     ) -> None:
-        """``solver=None`` picks ``"gram"`` for ``cleansing="paper"`` and ``"rls"`` for ``"authors"`` (module doc)."""
+        """``solver=None`` picks ``"gram"`` for ``cleansing="paper"`` and ``"rls"`` for ``"authors"`` (module doc);
+        ``batch_size`` and ``new_classes`` as for :func:`update`."""
         check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp, cleansing)
+        check_authors_options(cleansing, batch_size, new_classes)
         solver = check_solver(solver or ("rls" if cleansing == "authors" else "gram"))
         if solver == "gram" and cleansing == "authors":
             raise ValueError("cleansing='authors' needs W_M after every mini-batch: use solver='rls' for it")
@@ -286,5 +306,5 @@ class DSAL(ContinualClassifier):
             gamma_main=gamma_main, gamma_comp=gamma_comp, compensation_ratio=compensation_ratio,
             buffer_size=buffer_size, activation_main=activation_main, activation_comp=activation_comp,
             cleansing=cleansing, batch_size=batch_size, buffer_init=buffer_init, seed=seed, dtype=dtype,
-            solver=solver,
+            solver=solver, projection=projection, new_classes=new_classes,
         )

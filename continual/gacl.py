@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, RLSState, expand_classes, rls_init
+from analytic.buffers import learner_buffer
 from analytic.checkpoint import register_checkpoint_type
 from analytic.classes import trim_classes
 from analytic.dtypes import HIGHEST, resolve_dtype
@@ -71,12 +72,15 @@ class GACLState(NamedTuple):
 def init(
     in_dim: int, classes: int = 0, gamma: float = 100.0, *, buffer_size: int | None = None,
     buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
+    buffer: RandomBuffer | None = None,
 ) -> GACLState:
-    """Empty head (``W₀ = 0``; ``R₀ = I/γ`` for ``solver="rls"``); γ = 100 as in the paper's runs."""
+    """Empty head (``W₀ = 0``; ``R₀ = I/γ`` for ``solver="rls"``); γ = 100 as in the paper's runs. A ReLU buffer:
+    ``buffer`` if given, else drawn from ``seed`` if ``buffer_size`` is given, else none (raw features)."""
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
-    buffer = None if buffer_size is None else RandomBuffer(in_dim, buffer_size, "relu", seed, buffer_init, dtype=dt)
-    d = in_dim if buffer is None else buffer_size
+    if buffer is not None or buffer_size is not None:
+        buffer = learner_buffer(buffer, in_dim, buffer_size, "relu", seed, buffer_init, dt)
+    d = in_dim if buffer is None else buffer.out_dim
     head = (head_init if check_solver(solver) == "gram" else rls_init)(d, classes, gamma, dt)
     return GACLState(buffer, head, jnp.zeros((classes,), bool))
 
@@ -165,6 +169,8 @@ def predict(state: GACLState, x: Any) -> jax.Array:
 class GACL(ContinualClassifier):
     """GACL with scikit-learn verbs; ``partial_fit`` = one stream batch."""
 
+    _state_params = {"buffer": "buffer"}
+
     _module = sys.modules[__name__]
     _update_options = ("online_iter",)
     _legacy_params = {"solver": "rls"}
@@ -172,13 +178,14 @@ class GACL(ContinualClassifier):
     def __init__(
         self, gamma: float = 100.0, *, online_iter: int = 1, buffer_size: int | None = None,
         buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
+        buffer: RandomBuffer | None = None,
     ) -> None:
         check_gamma(gamma)
         check_solver(solver)
         if int(online_iter) != online_iter or online_iter < 1:
             raise ValueError(f"online_iter must be a positive integer, got {online_iter!r}")
         super().__init__(gamma=gamma, online_iter=int(online_iter), buffer_size=buffer_size, buffer_init=buffer_init,
-                         seed=seed, dtype=dtype, solver=solver)
+                         seed=seed, dtype=dtype, solver=solver, buffer=buffer)
 
     @property
     def coef_(self) -> jax.Array:

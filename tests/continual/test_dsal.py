@@ -90,7 +90,8 @@ def test_dsal_authors_equals_paper_only_for_contiguous_whole_phases():
     contiguous = [np.array([0, 1]), np.array([2, 3]), np.array([4, 5])]
     shuffled = [np.array([3, 0]), np.array([5, 1]), np.array([2, 4])]
     for phases, same in ((contiguous, True), (shuffled, False)):
-        paper, authors = DSAL(buffer_size=128), DSAL(buffer_size=128, cleansing="authors")
+        # batch_size above every phase's size: each phase is one mini-batch.
+        paper, authors = DSAL(buffer_size=128), DSAL(buffer_size=128, cleansing="authors", batch_size=10_000)
         for phase in phases:
             rows = np.isin(y, phase)
             paper.partial_fit(x[rows], y[rows], classes=CLASSES)
