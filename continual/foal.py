@@ -53,14 +53,15 @@ __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL
 @register_checkpoint_type
 class FOALState(NamedTuple):
     """Attributes:
-      projection: ``(D, P)`` fixed random projection of the fusion.
+      projection: ``(D, P)`` fixed random projection of the fusion, or ``None`` when the inputs are already fused
+        features ``(n, P)`` (``inputs="fused"``).
       ln_scale, ln_bias: ``(D,)`` affine of the backbone's final LayerNorm, or ``None`` (no affine).
       head: :class:`analytic.lazy_solve.RidgeHead` (``solver="gram"``) or :class:`analytic.RLSState`
         (``solver="rls"``); both have ``.weight (P, c)``.
       seen: ``(c,)`` boolean, classes with at least one sample so far.
     """
 
-    projection: jax.Array
+    projection: jax.Array | None
     ln_scale: jax.Array | None
     ln_bias: jax.Array | None
     head: RidgeHead | RLSState
@@ -70,12 +71,25 @@ class FOALState(NamedTuple):
 def init(
     token_dim: int, classes: int = 0, gamma: float = 1.0, *, projection_dim: int = 1000,
     ln_scale: Any = None, ln_bias: Any = None, seed: int = 0, dtype: Any = None, solver: str = "rls",
+    projection: Any = None, inputs: str = "tokens",
 ) -> FOALState:
     """Projection ``token_dim -> projection_dim`` (768 -> 1000 for ViT-B/16) and an empty head (``W₀ = 0``;
-    ``R₀ = I/γ`` for ``solver="rls"``)."""
+    ``R₀ = I/γ`` for ``solver="rls"``). ``projection``: the ``(token_dim, P)`` matrix to use instead of the one
+    ``seed`` draws (e.g. another run's ``Linear(768, 1000).weight.T``). ``inputs="fused"``: the inputs are fused
+    features ``(n, token_dim)`` already (computed elsewhere), the head learns on them as they are (no projection,
+    LayerNorm or sigmoid here)."""
     gamma = check_gamma(gamma)
     dt = resolve_dtype(dtype)
-    projection = RandomBuffer(token_dim, projection_dim, "identity", seed, "torch_linear", dtype=dt).weight
+    if check_inputs_option(inputs) == "fused":
+        if projection is not None or ln_scale is not None or ln_bias is not None:
+            raise ValueError("inputs='fused' takes fused features: projection, ln_scale and ln_bias do not apply")
+        head = (head_init if check_solver(solver) == "gram" else rls_init)(token_dim, classes, gamma, dt)
+        return FOALState(None, None, None, head, jnp.zeros((classes,), bool))
+    if projection is None:
+        projection = RandomBuffer(token_dim, projection_dim, "identity", seed, "torch_linear", dtype=dt).weight
+    else:
+        projection = _given_projection(projection, token_dim, dt)
+        projection_dim = projection.shape[1]
     affine = []
     for name, value in (("ln_scale", ln_scale), ("ln_bias", ln_bias)):
         if value is not None:
@@ -87,8 +101,34 @@ def init(
     return FOALState(projection, *affine, head, jnp.zeros((classes,), bool))
 
 
+def check_inputs_option(inputs: Any) -> str:
+    if inputs not in ("tokens", "fused"):
+        raise ValueError(f"inputs must be 'tokens' (per-block class tokens) or 'fused' (fused features), got "
+                         f"{inputs!r}")
+    return inputs
+
+
+def _given_projection(projection: Any, token_dim: int, dtype: Any) -> jax.Array:
+    if not hasattr(projection, "shape") or not hasattr(projection, "dtype"):
+        raise TypeError(f"projection must be a (token_dim, P) array, got {type(projection).__name__}")
+    if not jnp.issubdtype(projection.dtype, jnp.floating):
+        raise TypeError(f"projection must be floating, got dtype {projection.dtype}")
+    if projection.ndim != 2 or projection.shape[0] != token_dim or projection.shape[1] == 0:
+        raise ValueError(f"projection must be ({token_dim}, P) for tokens of width {token_dim}, got shape "
+                         f"{tuple(projection.shape)}")
+    projection = jnp.asarray(projection, dtype)
+    if not bool(jnp.isfinite(projection).all()):
+        raise ValueError("projection contains NaN or inf entries")
+    return projection
+
+
+def is_fused(state: FOALState) -> bool:
+    """Whether the learner takes fused features ``(n, P)`` rather than per-block tokens ``(n, L, D)``."""
+    return state.projection is None
+
+
 def input_dim(state: FOALState) -> int:
-    return state.projection.shape[0]
+    return state.head.dim if is_fused(state) else state.projection.shape[0]
 
 
 def num_classes(state: FOALState) -> int:
@@ -96,7 +136,19 @@ def num_classes(state: FOALState) -> int:
 
 
 def state_dtype(state: FOALState) -> Any:
-    return state.projection.dtype
+    if not is_fused(state):
+        return state.projection.dtype
+    return state.head.stats.xtx.dtype if isinstance(state.head, RidgeHead) else state.head.weight.dtype
+
+
+def check_inputs(state: FOALState | None, x: Any, name: str = "x", fused: bool = False) -> Any:
+    """``x`` validated on the host for ``state`` (or, before the first batch, for ``fused``): per-block tokens
+    ``(n, L, D)`` or fused features ``(n, P)``."""
+    if (is_fused(state) if state is not None else fused):
+        x = check_feature_layout(x, name, None if state is None else input_dim(state), allow_empty=False)
+        check_finite_entries(x, name)
+        return x
+    return check_block_tokens(x, None if state is None else input_dim(state), name=name, host=True)
 
 
 def check_block_tokens(
@@ -121,6 +173,10 @@ def check_block_tokens(
 
 
 def fused_features(state: FOALState, block_cls: jax.Array) -> jax.Array:
+    """The head's input: the fusion of per-block tokens, or the given fused features as they are (``state`` may
+    lack its head here: the compiled steps take it separately)."""
+    if is_fused(state):
+        return block_cls
     return feature_fusion(block_cls.astype(state.projection.dtype), state.projection, state.ln_scale, state.ln_bias)
 
 
@@ -132,7 +188,7 @@ def update(state: FOALState, block_cls: Any, y: Any = None, batch_size: int = 10
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     dtype = state_dtype(state)
     if not isinstance(block_cls, PreparedBatch):
-        block_cls = as_batch(check_block_tokens(block_cls, input_dim(state), host=True), y, dim=None,
+        block_cls = as_batch(check_inputs(state, block_cls, "block_cls"), y, dim=None,
                              classes=num_classes(state), dtype=dtype, validate=False)
     batch = block_cls
     tokens = batch.host_x
@@ -204,7 +260,7 @@ def _online_pass(
 
 def predict(state: FOALState, block_cls: Any) -> jax.Array:
     """Logits ``(n, c)`` on fused features; never-seen classes get ``-inf``."""
-    return _scores(state, check_block_tokens(block_cls, input_dim(state), host=True))
+    return _scores(state, check_inputs(state, block_cls, "block_cls"))
 
 
 def _scores(state: FOALState, block_cls: Any) -> jax.Array:
@@ -214,7 +270,8 @@ def _scores(state: FOALState, block_cls: Any) -> jax.Array:
 
 @jax.jit
 def _masked_logits(fusion: FOALState, weight: jax.Array, block_cls: jax.Array) -> jax.Array:
-    return mask_unseen(host_kernels.matmul(fused_features(fusion, block_cls), weight), fusion.seen)
+    feats = fused_features(fusion, block_cls).astype(weight.dtype)
+    return mask_unseen(host_kernels.matmul(feats, weight), fusion.seen)
 
 
 class FOAL(ContinualClassifier):
@@ -223,32 +280,36 @@ class FOAL(ContinualClassifier):
     _module = sys.modules[__name__]
     _update_options = ("batch_size",)
     _legacy_params = {"solver": "rls"}  # checkpoints from before the option
+    _state_params = {"projection": "projection"}
 
     def __init__(
         self, gamma: float = 1.0, *, projection_dim: int = 1000, batch_size: int = 10, ln_scale: Any = None,
-        ln_bias: Any = None, seed: int = 0, dtype: Any = None, solver: str = "rls",
+        ln_bias: Any = None, seed: int = 0, dtype: Any = None, solver: str = "rls", projection: Any = None,
+        inputs: str = "tokens",
     ) -> None:
         check_gamma(gamma)
         check_solver(solver)
+        check_inputs_option(inputs)
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         # LayerNorm affine kept as lists so that the options stay JSON-storable in checkpoints.
         ln_scale, ln_bias = (None if v is None else np.asarray(v, np.float64).tolist() for v in (ln_scale, ln_bias))
         super().__init__(gamma=gamma, projection_dim=projection_dim, batch_size=int(batch_size), ln_scale=ln_scale,
-                         ln_bias=ln_bias, seed=seed, dtype=dtype, solver=solver)
+                         ln_bias=ln_bias, seed=seed, dtype=dtype, solver=solver, projection=projection,
+                         inputs=inputs)
 
     def _check_x(self, x: Any, name: str = "x") -> Any:
         # Host input is checked on the host and transferred once, inside the prediction (no second check there).
-        return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name, host=True)
+        return check_inputs(self.state, x, name, fused=self.inputs == "fused")
 
     def _decision(self, state: FOALState, x: Any) -> jax.Array:
         return _scores(state, x)
 
     def _check_x_host(self, x: Any, name: str = "x") -> Any:
-        return check_block_tokens(x, None if self.state is None else self.n_features_in_, name=name, host=True)
+        return check_inputs(self.state, x, name, fused=self.inputs == "fused")
 
     def _input_width(self, x: jax.Array) -> int:
-        return x.shape[2]
+        return x.shape[-1]
 
     def _padded_rows(self, n: int) -> int | None:
         # Whole mini-batches, their count bucketed to a power of two (bounds recompiles): a chunk of one mini-batch

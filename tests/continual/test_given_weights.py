@@ -122,3 +122,35 @@ def test_dsal_takes_the_repositorys_increase_size_and_needs_a_batch_size_for_it(
             DSAL(buffer_size=WIDTH, **kwargs)
     with pytest.raises(ValueError, match="pass batch_size"):
         dsal.update(dsal.init(D, C, buffer_size=WIDTH, solver="rls"), x, y, cleansing="authors")
+
+
+def test_foal_takes_a_given_projection_and_pre_fused_features():
+    from analytic import feature_fusion
+    from continual import FOAL
+
+    rng = np.random.default_rng(5)
+    tokens, y = rng.standard_normal((60, 3, D)), rng.integers(0, C, 60)
+    seeded = FOAL(projection_dim=WIDTH, batch_size=10)
+    seeded.partial_fit(tokens[:30], y[:30], classes=C)
+    projection = np.asarray(seeded.state.projection)
+    given = FOAL(projection=projection, batch_size=10)  # projection_dim comes from the matrix
+    fused = FOAL(inputs="fused", batch_size=10)
+    features = np.asarray(feature_fusion(tokens, projection))
+    given.partial_fit(tokens[:30], y[:30], classes=C)
+    fused.partial_fit(features[:30], y[:30], classes=C)
+    for learner, x in ((seeded, tokens), (given, tokens), (fused, features)):
+        learner.partial_fit(x[30:], y[30:], classes=C)
+    assert np.array_equal(np.asarray(given.coef_), np.asarray(seeded.coef_))
+    assert np.array_equal(np.asarray(given.decision_function(tokens)), np.asarray(seeded.decision_function(tokens)))
+    # Fused features fed directly: the same head up to the fusion's rounding inside one compiled program.
+    np.testing.assert_allclose(np.asarray(fused.coef_), np.asarray(seeded.coef_), rtol=0,
+                               atol=1e-12 * np.abs(np.asarray(seeded.coef_)).max())
+    assert np.array_equal(fused.predict(features), seeded.predict(tokens))
+    with pytest.raises(ValueError, match=r"must be 2-D|\(n, d\)"):
+        fused.partial_fit(tokens, y)
+    with pytest.raises(ValueError, match=r"projection must be \(12, P\)"):
+        FOAL(projection=projection.T).partial_fit(tokens, y)
+    with pytest.raises(ValueError, match="do not apply"):
+        FOAL(inputs="fused", projection=projection).partial_fit(features, y)
+    with pytest.raises(ValueError, match="inputs must be"):
+        FOAL(inputs="features")
