@@ -61,13 +61,37 @@ class DeepAFLModel(NamedTuple):
     weight: jax.Array
 
 
-def make_layers(setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None):
+def make_layers(setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None, layers: Any = None):
     """The shared random layers ``(Φ₀ layer, (F₀..F_{T−1}))`` from ``setup.seed`` -- identical on every host.
 
     They are drawn in float32 and cast to ``dtype``, so a float32 and a float64 run with the same seed use the
-    same layers (and hosts without x64 can join a float64 run's seed).
+    same layers (and hosts without x64 can join a float64 run's seed). ``layers``: given layers instead (e.g.
+    another implementation's, through :meth:`analytic.RandomBuffer.from_weights`), checked against ``setup`` and
+    cast to ``dtype``; the layers a seed draws, given back, reproduce the seeded run bit for bit.
     """
-    return _make_layers(setup, init, resolve_dtype(dtype))
+    dt = resolve_dtype(dtype)
+    if layers is None:
+        return _make_layers(setup, init, dt)
+    return _given_layers(setup, layers, dt)
+
+
+def _given_layers(setup: msg.DeepAFLSetup, layers: Any, dtype: np.dtype):
+    if not isinstance(layers, (tuple, list)) or len(layers) != 2 or not isinstance(layers[1], (tuple, list)):
+        raise TypeError("layers must be (input layer, (block_0, ..., block_{T-1})) of analytic.RandomBuffer")
+    first, blocks = layers
+    if len(blocks) != int(setup.layers):
+        raise ValueError(f"layers has {len(blocks)} blocks but the setup has layers={setup.layers}")
+    specs = [("input layer", first, setup.in_dim, setup.phi_dim, setup.input_activation)]
+    specs += [(f"block {t}", b, setup.phi_dim, setup.block_dim, setup.activation) for t, b in enumerate(blocks)]
+    out = []
+    for name, layer, n_in, n_out, activation in specs:
+        if not isinstance(layer, RandomBuffer):
+            raise TypeError(f"{name} must be an analytic.RandomBuffer, got {type(layer).__name__}")
+        if (layer.in_dim, layer.out_dim, layer.activation) != (n_in, n_out, activation):
+            raise ValueError(f"{name} maps {layer.in_dim} -> {layer.out_dim} with {layer.activation!r}; the setup "
+                             f"needs {n_in} -> {n_out} with {activation!r}")
+        out.append(jax.tree_util.tree_map(lambda a: a.astype(dtype), layer))
+    return out[0], tuple(out[1:])
 
 
 # Simulated clients in one process share the draw; real clients each rebuild it from the seed.
@@ -133,15 +157,16 @@ def _check_setup(setup: msg.DeepAFLSetup) -> msg.DeepAFLSetup:
 
 
 def fit_centralized(
-    x: Any, y: Any, setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None
+    x: Any, y: Any, setup: msg.DeepAFLSetup, init: str = "torch_linear", dtype: Any = None, layers: Any = None,
 ) -> DeepAFLModel:
-    """DeepAFL on pooled data ``x: (n, d)``, labels ``y: (n,)`` -- the reference the federated run must equal."""
+    """DeepAFL on pooled data ``x: (n, d)``, labels ``y: (n,)`` -- the reference the federated run must equal.
+    ``layers``: given random layers (:func:`make_layers`)."""
     _check_setup(setup)
     dt = resolve_dtype(dtype)
     x = check_features(x, dim=setup.in_dim).astype(dt)
     labels = check_labels(y, classes=setup.classes, n=x.shape[0])
     targets = jax.nn.one_hot(jnp.asarray(labels), setup.classes, dtype=dt)
-    first, blocks = make_layers(setup, init, dt)
+    first, blocks = make_layers(setup, init, dt, layers)
     phi, omegas = first(x), []
     for block in blocks:
         w = ridge_fit(phi, targets, setup.lam, form="primal")
@@ -183,14 +208,14 @@ class DeepAFLClient:
     """
 
     def __init__(self, client_id: int, x: Any, y: Any, setup: msg.DeepAFLSetup, init: str = "torch_linear",
-                 dtype: Any = None) -> None:
+                 dtype: Any = None, layers: Any = None) -> None:
         _check_setup(setup)
         self.client_id, self.setup, self.dtype = int(client_id), setup, resolve_dtype(dtype)
         x, self.targets, self.count = pad_client_data(x, y, setup.classes, self.dtype, name=f"client {client_id}")
         if x.shape[1] != setup.in_dim:
             raise ValueError(f"client {client_id} x has {x.shape[1]} features, the setup says {setup.in_dim}")
         self.mask = jnp.asarray(np.arange(x.shape[0]) < self.count, self.dtype)
-        self.first, self.blocks = make_layers(setup, init, self.dtype)
+        self.first, self.blocks = make_layers(setup, init, self.dtype, layers)
         self.phi = self.first(x)
         self.layer = 0
         self._block_out: jax.Array | None = None
@@ -329,10 +354,10 @@ class DeepAFLServer:
         self.layer += 1
         return out
 
-    def model(self, init: str = "torch_linear") -> DeepAFLModel:
+    def model(self, init: str = "torch_linear", layers: Any = None) -> DeepAFLModel:
         if len(self.weights) != self.setup.layers + 1:
             raise ValueError(f"the protocol is at layer {self.layer} of {self.setup.layers}; run all 2T+1 rounds")
-        first, blocks = make_layers(self.setup, init, self.dtype)
+        first, blocks = make_layers(self.setup, init, self.dtype, layers)
         return DeepAFLModel(first, blocks, tuple(self.omegas), self.weights[-1])
 
 
@@ -342,7 +367,7 @@ def _round_trip(message: Any) -> Any:
 
 def run_federated(
     clients: Sequence[DeepAFLClient], server: DeepAFLServer,
-    transport: Callable[[Any], Any] | None = _round_trip, init: str = "torch_linear",
+    transport: Callable[[Any], Any] | None = _round_trip, init: str = "torch_linear", layers: Any = None,
 ) -> DeepAFLModel:
     """Drive the 2T + 1 rounds. ``transport`` is applied to every upload and broadcast (default: a round trip
     through ``to_arrays``/``from_arrays``, as on a wire); a client the server excluded gets no more broadcasts."""
@@ -358,7 +383,7 @@ def run_federated(
         omega = send(server.block_round([send(c.block_upload(weight)) for c in active()]))
         for c in active():
             c.apply_block(omega)
-    return server.model(init)
+    return server.model(init, layers)
 
 
 class DeepAFL:
@@ -371,10 +396,12 @@ class DeepAFL:
 
     def __init__(self, phi_dim: int = 1024, block_dim: int = 1024, layers: int = 20, lam: float = 1.0,
                  gamma: float = 0.05, activation: str = "gelu", input_activation: str = "tanh",
-                 init: str = "torch_linear", seed: int = 0, dtype: Any = None) -> None:
+                 init: str = "torch_linear", seed: int = 0, dtype: Any = None, random_layers: Any = None) -> None:
         self.phi_dim, self.block_dim, self.layers, self.lam, self.gamma = phi_dim, block_dim, layers, lam, gamma
         self.activation, self.input_activation, self.init, self.seed, self.dtype = (
             activation, input_activation, init, seed, dtype)
+        # Given (input layer, blocks) instead of the seed's draw (make_layers); every client gets the same ones.
+        self.random_layers = random_layers
 
     def setup(self, in_dim: int, classes: int) -> msg.DeepAFLSetup:
         return _check_setup(msg.DeepAFLSetup(int(self.seed), int(in_dim), int(classes), int(self.phi_dim),
@@ -384,7 +411,7 @@ class DeepAFL:
     def fit(self, x: Any, y: Any, classes: int | None = None) -> DeepAFL:
         labels = check_labels(y, classes=classes)
         setup = self.setup(np.shape(x)[1] if np.ndim(x) == 2 else -1, classes or int(labels.max()) + 1)
-        self.model_ = fit_centralized(x, labels, setup, self.init, self.dtype)
+        self.model_ = fit_centralized(x, labels, setup, self.init, self.dtype, self.random_layers)
         self.classes_ = setup.classes
         return self
 
@@ -396,9 +423,10 @@ class DeepAFL:
             classes = 1 + max(int(check_labels(y, name=f"client {i} y").max())
                               for i, (_, y) in enumerate(client_data) if np.size(y))
         setup = self.setup(np.shape(client_data[0][0])[1], classes)
-        clients = [DeepAFLClient(i, x, y, setup, self.init, self.dtype) for i, (x, y) in enumerate(client_data)]
+        clients = [DeepAFLClient(i, x, y, setup, self.init, self.dtype, self.random_layers)
+                   for i, (x, y) in enumerate(client_data)]
         server = DeepAFLServer(setup, self.dtype)
-        self.model_ = run_federated(clients, server, transport, self.init)
+        self.model_ = run_federated(clients, server, transport, self.init, self.random_layers)
         self.classes_, self.excluded_, self.comm_ = classes, dict(server.excluded), server.comm.summary()
         self.rejected_ = list(server.rejected)
         return self

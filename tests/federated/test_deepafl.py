@@ -143,3 +143,29 @@ def test_client_refuses_out_of_order_broadcasts(digits):
         client.block_upload(messages.DeepAFLClassifierBroadcast(1, np.zeros((SMALL["phi_dim"], 10))))
     with pytest.raises(ValueError, match="out of order"):
         client.apply_block(messages.DeepAFLBlockBroadcast(0, np.zeros((SMALL["block_dim"], SMALL["phi_dim"]))))
+
+
+def test_given_random_layers_reproduce_the_seeded_run_bit_for_bit(digits):
+    # The arrays seed 3 draws, handed over as plain NumPy weights (as another implementation would export them).
+    from analytic import RandomBuffer
+
+    x, y = digits
+    seeded = deepafl.DeepAFL(**SMALL, seed=3).fit(x, y)
+    m = seeded.model_
+
+    def rebuilt(layer):
+        return RandomBuffer.from_weights(np.asarray(layer.weight), np.asarray(layer.bias), layer.activation)
+
+    layers = (rebuilt(m.input_layer), tuple(rebuilt(b) for b in m.blocks))
+    given = deepafl.DeepAFL(**SMALL, seed=99, random_layers=layers).fit(x, y)  # the seed is then unused
+    assert np.array_equal(np.asarray(given.decision_function(x)), np.asarray(seeded.decision_function(x)))
+    parts = partition.iid(y, 5, seed=0)
+    federated = deepafl.DeepAFL(**SMALL, seed=99, random_layers=layers).fit_federated(
+        [(x[p], y[p]) for p in parts], classes=10)
+    assert rel(federated.decision_function(x), seeded.decision_function(x)) < 1e-9
+    with pytest.raises(ValueError, match="has 2 blocks but the setup has layers=3"):
+        deepafl.DeepAFL(**SMALL, random_layers=(layers[0], layers[1][:2])).fit(x, y)
+    with pytest.raises(ValueError, match="block 0 maps 48 -> 32 with 'gelu'; the setup needs 48 -> 32 with 'relu'"):
+        deepafl.DeepAFL(**{**SMALL, "activation": "relu"}, random_layers=layers).fit(x, y)
+    with pytest.raises(TypeError, match="input layer must be an analytic.RandomBuffer"):
+        deepafl.DeepAFL(**SMALL, random_layers=(np.ones((64, 48)), layers[1])).fit(x, y)
