@@ -17,11 +17,10 @@ Layouts: flax kernels are ``(d_in, d_out)``; here ``lora_A`` is ``(d_in, r)`` an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,125 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from peft_probe.lora_config import ALL_LINEAR, INITS, LoraConfig, layer_index
+
 __all__ = [
     "LoraConfig", "LoraLinear", "inject_lora", "merge_lora", "unmerge_lora", "export_peft", "linear_modules",
     "lora_modules", "trainable_count", "lora_a_init", "adapter_key", "save_adapters", "load_adapters",
     "module_layer", "base_key", "name_hash", "placement_config", "candidate_modules", "ALL_LINEAR",
 ]
-
-ALL_LINEAR = "all-linear"
-_INITS = ("kaiming", "gaussian")
-_LAYER_INDEX = re.compile(r".*\.[^.]*\.(\d+)\.")  # PEFT's default layers_pattern: "<anything>.<name>.<int>."
-
-
-def _is_real(value: object) -> bool:
-    """A real scalar (Python, NumPy or a 0-d JAX array), but not a bool or a string."""
-    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
-        return False
-    try:
-        arr = np.asarray(value)
-    except Exception:  # noqa: BLE001 - anything numpy cannot even wrap is not a number
-        return False
-    return arr.ndim == 0 and arr.dtype.kind in "iuf"
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Where and how to place LoRA adapters (field names and matching rules as in ``peft.LoraConfig``).
-
-    r: rank; alpha: scale numerator (``s = alpha / r``); target_modules: suffixes of dotted module names
-    (``["q_proj", "v_proj"]``), a regex string full-matched against the whole name, or ``"all-linear"`` (every
-    ``nnx.Linear`` except the output head); layers_to_transform: decoder-layer indices (only with a suffix
-    list, as in PEFT); dropout: on the adapter's input; init: ``"kaiming"`` (PEFT default) or ``"gaussian"``.
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    target_modules: Sequence[str] | str = ("q_proj", "v_proj")
-    layers_to_transform: Sequence[int] | int | None = None
-    dropout: float = 0.0
-    init: str = "kaiming"
-
-    def __post_init__(self) -> None:
-        if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r <= 0:
-            raise ValueError(f"LoraConfig.r must be a positive integer, got {self.r!r}")
-        if not _is_real(self.alpha) or not np.isfinite(self.alpha) or self.alpha <= 0:
-            raise ValueError(f"LoraConfig.alpha must be a positive finite number, got {self.alpha!r}")
-        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoraConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.init, str) or self.init not in _INITS:
-            raise ValueError(f"LoraConfig.init must be one of {_INITS}, got {self.init!r}")
-        targets = self.target_modules
-        if isinstance(targets, str):
-            if targets != ALL_LINEAR:
-                try:
-                    re.compile(targets)
-                except re.error as err:
-                    raise ValueError(f"LoraConfig.target_modules={targets!r} is not a valid regex: {err}") from err
-        else:
-            # Only real sequences of names: a bare number, None, bytes or a mapping is a mistake, not a target list.
-            if not isinstance(targets, (list, tuple, set, frozenset)):
-                raise TypeError(f"LoraConfig.target_modules must be a string or a list/tuple/set of names, got "
-                                f"{type(targets).__name__} {targets!r}")
-            targets = tuple(sorted(targets)) if isinstance(targets, (set, frozenset)) else tuple(targets)
-            if not targets or not all(isinstance(t, str) and t for t in targets):
-                raise ValueError(f"LoraConfig.target_modules must be non-empty names, got {self.target_modules!r}")
-            object.__setattr__(self, "target_modules", targets)
-        layers = self.layers_to_transform
-        if layers is not None:
-            if isinstance(layers, (int, np.integer)) and not isinstance(layers, (bool, np.bool_)):
-                layers = (layers,)
-            elif isinstance(layers, (list, tuple, range)):
-                layers = tuple(layers)
-            else:
-                raise TypeError(f"LoraConfig.layers_to_transform must be an int or a list/tuple of ints, got "
-                                f"{type(layers).__name__} {layers!r}")
-            if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) and i >= 0
-                       for i in layers):
-                raise ValueError(f"LoraConfig.layers_to_transform must be non-negative ints, got {layers!r}")
-            object.__setattr__(self, "layers_to_transform", tuple(int(i) for i in layers))
-
-    @property
-    def scale(self) -> float:
-        return float(self.alpha) / self.r
-
-    def matches(self, name: str, output_head: str | None = None) -> bool:
-        """PEFT's ``check_target_module_exists`` for the dotted module name ``name``."""
-        targets = self.target_modules
-        if targets == ALL_LINEAR:
-            return name != output_head
-        if isinstance(targets, str):  # a regex bypasses layers_to_transform, as in PEFT
-            return re.fullmatch(targets, name) is not None
-        if name in targets:
-            return True
-        if not any(name.endswith("." + t) for t in targets):
-            return False
-        if not self.layers_to_transform:
-            return True
-        found = _LAYER_INDEX.match(name)
-        return found is not None and int(found.group(1)) in self.layers_to_transform
-
-    def to_peft_dict(self, base_model_name_or_path: str | None = None, module_names: Sequence[str] = ()) -> dict:
-        """``adapter_config.json`` contents as ``peft.LoraConfig.to_dict()`` writes them.
-
-        ``"all-linear"`` is resolved to the adapted modules' short names (PEFT does the same on load).
-        """
-        targets = self.target_modules
-        if targets == ALL_LINEAR:
-            targets = sorted({n.rsplit(".", 1)[-1] for n in module_names})
-        elif not isinstance(targets, str):
-            targets = sorted(targets)
-        return {
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model_name_or_path,
-            "revision": None, "inference_mode": True, "r": self.r,
-            "lora_alpha": int(self.alpha) if float(self.alpha).is_integer() else float(self.alpha),
-            "target_modules": targets, "lora_dropout": self.dropout, "fan_in_fan_out": False, "bias": "none",
-            "use_rslora": False, "use_dora": False, "modules_to_save": None,
-            "init_lora_weights": True if self.init == "kaiming" else "gaussian",
-            "layers_to_transform": list(self.layers_to_transform) if self.layers_to_transform else None,
-            "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}, "auto_mapping": None,
-        }
-
 
 class LoraLinear(nnx.Module):
     """``base_layer(x) + s * dropout(x) @ lora_A @ lora_B`` (Hu et al., 2021, eq. 3), wrapping an ``nnx.Linear``.
@@ -158,10 +45,11 @@ class LoraLinear(nnx.Module):
     """
 
     def __init__(self, base_layer: nnx.Linear, r: int, scale: float, lora_a: jax.Array, dropout: float,
-                 rngs: nnx.Rngs | None):
+                 rngs: nnx.Rngs | None, init: str = "kaiming"):
         d_in, d_out = base_layer.kernel.shape
         self.base_layer = base_layer
         self.scale = float(scale)
+        self.init = init  # how A was drawn, kept for placement_config / export
         self.lora_A = nnx.LoRAParam(jnp.asarray(lora_a, base_layer.kernel.dtype))
         self.lora_B = nnx.LoRAParam(jnp.zeros((r, d_out), base_layer.kernel.dtype))
         # eval mode until model.train(): probing and evaluation must see the deterministic adapter
@@ -199,8 +87,8 @@ def _dotted(path: tuple) -> str:
 
 def module_layer(name: str) -> int:
     """Decoder-layer index of a dotted module name (PEFT's rule), or -1 if it has none."""
-    found = _LAYER_INDEX.match(name + ".")
-    return int(found.group(1)) if found else -1
+    index = layer_index(name + ".")
+    return -1 if index is None else index
 
 
 def _output_head(model: nnx.Module) -> str | None:
@@ -249,7 +137,7 @@ def lora_a_init(key: jax.Array, d_in: int, r: int, init: str = "kaiming", dtype:
         return jax.random.uniform(key, (d_in, r), dtype, -bound, bound)
     if init == "gaussian":
         return jax.random.normal(key, (d_in, r), dtype) / r
-    raise ValueError(f"init must be one of {_INITS}, got {init!r}")
+    raise ValueError(f"init must be one of {INITS}, got {init!r}")
 
 
 def base_key(rngs: nnx.Rngs | int | jax.Array) -> jax.Array:
@@ -290,9 +178,10 @@ def inject_lora(model: nnx.Module, config: LoraConfig, rngs: nnx.Rngs | int = 0)
                          f"{config.layers_to_transform!r} matched no nnx.Linear (some names: {names})")
     paths = {_dotted(p): p for p, n in nnx.iter_graph(model) if isinstance(n, nnx.Linear)}
     for name, linear in targets.items():
-        d_in = linear.kernel.shape[0]
-        a = lora_a_init(adapter_key(key, name), d_in, config.r, config.init, linear.kernel.dtype)
-        _set_child(model, paths[name], LoraLinear(linear, config.r, config.scale, a, config.dropout, dropout_rngs))
+        d_in, r = linear.kernel.shape[0], config.rank_of(name)  # rank_pattern / alpha_pattern, as in PEFT
+        a = lora_a_init(adapter_key(key, name), d_in, r, config.init, linear.kernel.dtype)
+        _set_child(model, paths[name], LoraLinear(linear, r, config.scale_of(name), a, config.dropout, dropout_rngs,
+                                                  config.init))
     return list(targets)
 
 
@@ -333,7 +222,13 @@ def placement_config(model: nnx.Module) -> LoraConfig:
     first = next(iter(modules.values()))
     r = int(first.lora_A.shape[1])
     dropout = first.dropout.rate if first.dropout is not None else 0.0
-    shared = dict(r=r, alpha=first.scale * r, dropout=dropout)
+    # Modules whose rank or alpha differ from the first's are named exactly in rank_pattern / alpha_pattern.
+    ranks = {n: int(m.lora_A.shape[1]) for n, m in modules.items()}
+    alphas = {n: m.scale * ranks[n] for n, m in modules.items()}
+    rank_pattern = {re.escape(n): k for n, k in ranks.items() if k != r}
+    alpha_pattern = {re.escape(n): a for n, a in alphas.items() if a != first.scale * r}
+    shared = dict(r=r, alpha=first.scale * r, dropout=dropout, init=getattr(first, "init", "kaiming"),
+                  rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     head = _output_head(model)
     names = set(modules)
     all_names = names | set(linear_modules(model))
@@ -352,7 +247,9 @@ def export_peft(model: nnx.Module, path: str | Path, config: LoraConfig | None =
 
     Keys: ``base_model.model.<name>.lora_A.weight`` ``(r, d_in)`` and ``...lora_B.weight`` ``(d_out, r)``,
     loadable by ``peft.PeftModel.from_pretrained`` on the matching Hugging Face model. ``config`` defaults to
-    ``placement_config(model)``.
+    ``placement_config(model)``; it must select exactly the adapted modules with their ranks and scales (else
+    ``ValueError``: PEFT would load a different set, silently). ``task_type``: the config's, else the model
+    class's ``peft_task_type`` (``CAUSAL_LM`` for Llama, ``FEATURE_EXTRACTION`` for BERT and unknown models).
     """
     from safetensors.numpy import save_file
 
@@ -365,9 +262,26 @@ def export_peft(model: nnx.Module, path: str | Path, config: LoraConfig | None =
     out.mkdir(parents=True, exist_ok=True)
     save_file(dict(_peft_tensors(model)), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     config = placement_config(model) if config is None else config
-    peft_config = config.to_peft_dict(base_model_name_or_path, list(modules))
+    _check_describes(model, config, modules)
+    task = getattr(model, "peft_task_type", "FEATURE_EXTRACTION")
+    peft_config = config.to_peft_dict(base_model_name_or_path, list(modules), task_type=task)
     (out / "adapter_config.json").write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _check_describes(model: nnx.Module, config: LoraConfig, modules: dict[str, LoraLinear]) -> None:
+    """``config`` selects exactly ``modules`` with their ranks and scales -- what PEFT will rebuild from it."""
+    head = _output_head(model)
+    selected = {n for n in set(modules) | set(linear_modules(model)) if config.matches(n, head)}
+    if selected != set(modules):
+        extra, missing = sorted(selected - set(modules)), sorted(set(modules) - selected)
+        raise ValueError(f"the config does not describe the adapted modules: it selects {extra[:4]} too and misses "
+                         f"{missing[:4]}; PEFT would load a different adapter (pass config=None to derive one)")
+    for name, module in modules.items():
+        r = int(module.lora_A.shape[1])
+        if config.rank_of(name) != r or not np.isclose(config.scale_of(name), module.scale, rtol=1e-12, atol=0):
+            raise ValueError(f"the config gives {name} rank {config.rank_of(name)} and scale {config.scale_of(name)}; "
+                             f"the adapter has rank {r} and scale {module.scale}")
 
 
 def _adapter_arrays(model: nnx.Module) -> dict[str, jax.Array]:

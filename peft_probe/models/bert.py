@@ -157,6 +157,8 @@ class BertEncoder(nnx.Module):
 class BertModel(nnx.Module):
     """``model(input_ids, attention_mask, token_type_ids) -> (b, t, hidden)``; ``encode`` gives sentence vectors."""
 
+    peft_task_type = "FEATURE_EXTRACTION"  # an encoder: PEFT loads its adapters as PeftModelForFeatureExtraction
+
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.embeddings = BertEmbeddings(config, rngs=rngs)

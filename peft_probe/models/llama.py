@@ -199,6 +199,8 @@ class LlamaModel(nnx.Module):
 class LlamaForCausalLM(nnx.Module):
     """Decoder-only language model; ``model(input_ids, attention_mask) -> logits (b, t, vocab)`` float32."""
 
+    peft_task_type = "CAUSAL_LM"  # PEFT's task type for adapters exported from it (peft_probe.lora.export_peft)
+
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.model = LlamaModel(config, rngs=rngs)

@@ -42,13 +42,13 @@ def _randomize_b(model, seed: int = 0) -> None:
     (("down_proj",), None, {f"model.layers.{i}.mlp.down_proj" for i in (0, 1)}),
     (("down_proj",), (1,), {"model.layers.1.mlp.down_proj"}),
     (("q_proj", "v_proj"), 0, {"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"}),
-    (r"model\.layers\.1\.self_attn\.(q|k)_proj", (0,), {"model.layers.1.self_attn.q_proj",
+    (r"model\.layers\.1\.self_attn\.(q|k)_proj", None, {"model.layers.1.self_attn.q_proj",
                                                            "model.layers.1.self_attn.k_proj"}),
     (ALL_LINEAR, None, {f"model.layers.{i}.{p}.{m}" for i in (0, 1)
                         for p, ms in (("self_attn", ATTN), ("mlp", MLP)) for m in ms}),
 ])
 def test_injection_follows_peft_matching_rules(targets, layers, expected):
-    # Regexes are full-matched and ignore layers_to_transform, as in PEFT's check_target_module_exists.
+    # Regexes are full-matched against the whole name, as in PEFT's check_target_module_exists.
     model = tiny_model(tie_word_embeddings=False)
     names = inject_lora(model, LoraConfig(r=2, target_modules=targets, layers_to_transform=layers), 0)
     assert set(names) == expected
