@@ -89,8 +89,8 @@ def update(state: ACILState, x: Any, y: Any = None) -> ACILState:
         head, health = _rls_step(state.buffer, head, batch.x, batch.targets)
         ok = health.ok
     # Committed only if sound (one scalar read): an overflowing row or a broken recursion raises and `state`
-    # stays as it was (a donated Gram head comes back unchanged, continual._donation).
-    restore = (lambda: state._replace(head=trim_classes(head, num_classes(state)))) if health is None else None
+    # stays as it was (a donated head comes back unchanged: both steps judge before writing, continual._donation).
+    restore = lambda: state._replace(head=trim_classes(head, num_classes(state)))  # noqa: E731
     commit(ok, lambda: state.buffer(jnp.asarray(batch.host_x)), state_dtype(state), restore,
            what="buffered features", health=health)
     return state._replace(head=head)
@@ -104,9 +104,10 @@ def _gram_step(
     return head_accumulate(head, real_rows(buffer(x), targets), targets, rows, in_place=in_place)
 
 
-@jax.jit
-def _rls_step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array) -> tuple[RLSState, RLSHealth]:
-    return rls_step_checked(head, real_rows(buffer(x), targets), targets)
+@head_step()
+def _rls_step(buffer: RandomBuffer, head: RLSState, x: jax.Array, targets: jax.Array, in_place: bool
+              ) -> tuple[RLSState, RLSHealth]:
+    return rls_step_checked(head, real_rows(buffer(x), targets), targets, in_place=in_place)
 
 
 def predict(state: ACILState, x: Any) -> jax.Array:

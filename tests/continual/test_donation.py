@@ -1,6 +1,7 @@
-"""Gram heads updated in place by the class wrappers (continual._donation): the previous buffers are consumed,
-yet a refused batch -- one whose squares overflow -- leaves the learner exactly as it was, class columns included,
-and the functional ``update`` never consumes its argument."""
+"""Heads (Gram statistics, and ``R`` of a one-step recursion) updated in place by the class wrappers
+(continual._donation): the previous buffers are consumed, yet a refused batch -- one whose squares overflow --
+leaves the learner exactly as it was, class columns included, and the functional ``update`` never consumes its
+argument."""
 
 import jax
 import numpy as np
@@ -11,10 +12,18 @@ from continual import acil as acil_fn
 
 LEARNERS = {
     "ACIL": (lambda: ACIL(1.0, buffer_size=96), 2),
+    "ACIL(rls)": (lambda: ACIL(1.0, buffer_size=96, solver="rls"), 2),
     "GACL": (lambda: GACL(1.0, buffer_size=96), 2),
     "FOAL": (lambda: FOAL(1.0, projection_dim=96, solver="gram"), 3),
+    "FOAL(rls)": (lambda: FOAL(1.0, projection_dim=96), 3),  # a chunk of one mini-batch: one donated step
     "AIR": (lambda: AIR(1.0, buffer_size=96), 2),
 }
+
+
+def _head_buffer(name, state):
+    if name == "AIR":
+        return state.class_gram
+    return state.head.inv_autocorr if name.endswith("(rls)") else state.head.stats.xtx
 
 
 def _batch(rng, n, rank):
@@ -28,7 +37,7 @@ def test_donated_head_is_consumed_and_a_refused_batch_keeps_the_learner(name):
     rng = np.random.default_rng(0)
     x, y = _batch(rng, 60, rank)
     learner = make().partial_fit(x, y)
-    consumed = learner.state.class_gram if name == "AIR" else learner.state.head.stats.xtx
+    consumed = _head_buffer(name, learner.state)
     learner.partial_fit(x[:8], y[:8])
     assert consumed.is_deleted()  # updated in place, not copied
     snapshot = [np.array(leaf) for leaf in jax.tree.leaves(learner.state)]
