@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from analytic import host_kernels
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype
+from analytic.validation import check_weights
 
 __all__ = ["ACTIVATIONS", "RandomBuffer", "GaussianKernelBuffer", "feature_fusion", "learner_buffer"]
 
@@ -77,24 +78,8 @@ class RandomBuffer:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         dt = resolve_dtype(dtype)
-        arrays = []
-        for name, value, ndim in (("weight", weight, 2), ("bias", bias, 1)):
-            if value is None:
-                arrays.append(None)
-                continue
-            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-                raise TypeError(f"{name} must be an array, got {type(value).__name__}")
-            if not jnp.issubdtype(value.dtype, jnp.floating):
-                raise TypeError(f"{name} must be floating, got dtype {value.dtype}")
-            if value.ndim != ndim or 0 in value.shape:
-                raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {tuple(value.shape)}")
-            value = jnp.asarray(value, dt)
-            if not bool(jnp.isfinite(value).all()):
-                raise ValueError(f"{name} contains NaN or inf entries")
-            arrays.append(value)
-        weight, bias = arrays
-        if weight is None:
-            raise TypeError("weight must be an array, got None")
+        weight = check_weights(weight, "weight", 2, dt)
+        bias = None if bias is None else check_weights(bias, "bias", 1, dt)
         if bias is not None and bias.shape != (weight.shape[1],):
             raise ValueError(f"bias must have shape ({weight.shape[1]},) for weight {tuple(weight.shape)}, got "
                              f"{tuple(bias.shape)}")

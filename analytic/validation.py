@@ -17,7 +17,7 @@ import numpy as np
 __all__ = [
     "MAX_UNDECLARED_CLASSES", "MAX_DECLARED_CLASSES", "check_features", "check_labels", "check_targets",
     "check_gamma", "check_classes", "as_targets", "PreparedBatch", "prepare_batch", "check_feature_layout",
-    "check_finite_entries",
+    "check_weights", "check_finite_entries",
 ]
 
 #: Largest class count a model may grow to from its labels alone. Labels are one-hot encoded, so a single id of
@@ -68,6 +68,21 @@ def check_feature_layout(x: Any, name: str, dim: int | None, allow_empty: bool) 
     if n == 0 and not allow_empty:
         raise ValueError(f"{name} is an empty batch (shape {_shape_str(x)})")
     return x
+
+
+def check_weights(value: Any, name: str, ndim: int, dtype: Any) -> jax.Array:
+    """A given weight array (a buffer's ``A`` or ``b``, a projection): an array of floats with ``ndim`` axes, none
+    empty, all entries finite; returned as a JAX array of ``dtype``. ``TypeError``/``ValueError`` name it."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name} must be floating, got dtype {value.dtype}")
+    if value.ndim != ndim or 0 in value.shape:
+        raise ValueError(f"{name} must be a non-empty {ndim}-D array, got shape {tuple(value.shape)}")
+    value = jnp.asarray(value, dtype)
+    if not bool(jnp.isfinite(value).all()):
+        raise ValueError(f"{name} contains NaN or inf entries")
+    return value
 
 
 def check_finite_entries(x: Any, name: str) -> None:

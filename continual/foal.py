@@ -43,7 +43,7 @@ from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
-from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma
+from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma, check_weights
 from continual._donation import commit, head_step
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
 
@@ -109,16 +109,10 @@ def check_inputs_option(inputs: Any) -> str:
 
 
 def _given_projection(projection: Any, token_dim: int, dtype: Any) -> jax.Array:
-    if not hasattr(projection, "shape") or not hasattr(projection, "dtype"):
-        raise TypeError(f"projection must be a (token_dim, P) array, got {type(projection).__name__}")
-    if not jnp.issubdtype(projection.dtype, jnp.floating):
-        raise TypeError(f"projection must be floating, got dtype {projection.dtype}")
-    if projection.ndim != 2 or projection.shape[0] != token_dim or projection.shape[1] == 0:
+    projection = check_weights(projection, "projection", 2, dtype)
+    if projection.shape[0] != token_dim:
         raise ValueError(f"projection must be ({token_dim}, P) for tokens of width {token_dim}, got shape "
                          f"{tuple(projection.shape)}")
-    projection = jnp.asarray(projection, dtype)
-    if not bool(jnp.isfinite(projection).all()):
-        raise ValueError("projection contains NaN or inf entries")
     return projection
 
 
@@ -305,8 +299,7 @@ class FOAL(ContinualClassifier):
     def _decision(self, state: FOALState, x: Any) -> jax.Array:
         return _scores(state, x)
 
-    def _check_x_host(self, x: Any, name: str = "x") -> Any:
-        return check_inputs(self.state, x, name, fused=self.inputs == "fused")
+    _check_x_host = _check_x  # the one host-side check serves both
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[-1]
