@@ -133,7 +133,7 @@ def learner_buffer(
     if buffer.in_dim != in_dim:
         raise ValueError(f"{name} takes {buffer.in_dim} inputs but the data have {in_dim} features")
     if size is not None and size != buffer.out_dim:
-        raise ValueError(f"{name} has {buffer.out_dim} outputs but a size of {size} was given; omit the size")
+        raise ValueError(f"{name} has {buffer.out_dim} outputs but a size of {size} was given")
     if buffer.activation != activation:
         raise ValueError(f"{name} applies {buffer.activation!r} but this learner's activation is {activation!r}")
     if buffer.weight.dtype == dt:

@@ -87,16 +87,14 @@ class DSALState(NamedTuple):
 
 def check_options(
     gamma_main: float, gamma_comp: float, compensation_ratio: float, activation_main: str, activation_comp: str,
-    cleansing: str = "paper",
 ) -> None:
-    """Validate DS-AL's options (constructor and :func:`init`)."""
+    """Validate DS-AL's head options (constructor and :func:`init`; the cleansing options:
+    :func:`check_authors_options`)."""
     check_gamma(gamma_main, "gamma_main")
     check_gamma(gamma_comp, "gamma_comp")
     StreamActivations(activation_main, activation_comp)
     if not np.isfinite(compensation_ratio):
         raise ValueError(f"compensation_ratio must be finite, got {compensation_ratio!r}")
-    if cleansing not in CLEANSING:
-        raise ValueError(f"cleansing must be one of {CLEANSING}, got {cleansing!r}")
 
 
 def init(
@@ -297,7 +295,7 @@ class DSAL(ContinualClassifier):
     ) -> None:
         """``solver=None`` picks ``"gram"`` for ``cleansing="paper"`` and ``"rls"`` for ``"authors"`` (module doc);
         ``batch_size`` and ``new_classes`` as for :func:`update`."""
-        check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp, cleansing)
+        check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp)
         check_authors_options(cleansing, batch_size, new_classes)
         solver = check_solver(solver or ("rls" if cleansing == "authors" else "gram"))
         if solver == "gram" and cleansing == "authors":

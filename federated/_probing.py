@@ -223,10 +223,8 @@ class Prober:
                     parts = len(job.shares)
                     if w >= parts:
                         continue
-                    if job.z is None:  # Z = I (d ≤ P): T is G itself
-                        if job.sink is not None:
-                            job.sink += job.g
-                        job.product, job.diag = job.g.astype(np.float64), job.g.diagonal().copy()
+                    if job.z is None:  # Z = I (d ≤ P): one part, on this thread
+                        job.product, job.diag = probe_product(job.g, None, job.sink)
                         continue
                     d = job.g.shape[0]
                     lo, hi = w * d // parts, (w + 1) * d // parts

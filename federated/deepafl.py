@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from analytic import RandomBuffer, gram_accumulate, gram_init, gram_update, ridge_fit, ridge_solve
+from analytic.buffers import learner_buffer
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import resolve_dtype
 from analytic.host_kernels import matmul
@@ -83,14 +84,9 @@ def _given_layers(setup: msg.DeepAFLSetup, layers: Any, dtype: np.dtype):
         raise ValueError(f"layers has {len(blocks)} blocks but the setup has layers={setup.layers}")
     specs = [("input layer", first, setup.in_dim, setup.phi_dim, setup.input_activation)]
     specs += [(f"block {t}", b, setup.phi_dim, setup.block_dim, setup.activation) for t, b in enumerate(blocks)]
-    out = []
-    for name, layer, n_in, n_out, activation in specs:
-        if not isinstance(layer, RandomBuffer):
-            raise TypeError(f"{name} must be an analytic.RandomBuffer, got {type(layer).__name__}")
-        if (layer.in_dim, layer.out_dim, layer.activation) != (n_in, n_out, activation):
-            raise ValueError(f"{name} maps {layer.in_dim} -> {layer.out_dim} with {layer.activation!r}; the setup "
-                             f"needs {n_in} -> {n_out} with {activation!r}")
-        out.append(jax.tree_util.tree_map(lambda a: a.astype(dtype), layer))
+    # The learners' check of a given buffer (type, in/out widths, activation; cast to dtype).
+    out = [learner_buffer(layer, n_in, n_out, activation, None, "", dtype, name=name)
+           for name, layer, n_in, n_out, activation in specs]
     return out[0], tuple(out[1:])
 
 

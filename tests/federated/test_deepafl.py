@@ -165,7 +165,7 @@ def test_given_random_layers_reproduce_the_seeded_run_bit_for_bit(digits):
     assert rel(federated.decision_function(x), seeded.decision_function(x)) < 1e-9
     with pytest.raises(ValueError, match="has 2 blocks but the setup has layers=3"):
         deepafl.DeepAFL(**SMALL, random_layers=(layers[0], layers[1][:2])).fit(x, y)
-    with pytest.raises(ValueError, match="block 0 maps 48 -> 32 with 'gelu'; the setup needs 48 -> 32 with 'relu'"):
+    with pytest.raises(ValueError, match="block 0 applies 'gelu' but this learner's activation is 'relu'"):
         deepafl.DeepAFL(**{**SMALL, "activation": "relu"}, random_layers=layers).fit(x, y)
     with pytest.raises(TypeError, match="input layer must be an analytic.RandomBuffer"):
         deepafl.DeepAFL(**SMALL, random_layers=(np.ones((64, 48)), layers[1])).fit(x, y)
