@@ -258,13 +258,15 @@ def export_peft(model: nnx.Module, path: str | Path, config: LoraConfig | None =
         raise ValueError("model has no LoRA adapters to export; call inject_lora first")
     if any(m.merged for m in modules.values()):
         raise ValueError("adapters are merged into the kernels; unmerge_lora(model) before exporting")
+    if config is None:
+        config = placement_config(model)  # describes the adapters by construction
+    else:
+        _check_describes(model, config, modules)  # before anything is written
+    task = getattr(model, "peft_task_type", "FEATURE_EXTRACTION")
+    peft_config = config.to_peft_dict(base_model_name_or_path, list(modules), task_type=task)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     save_file(dict(_peft_tensors(model)), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
-    config = placement_config(model) if config is None else config
-    _check_describes(model, config, modules)
-    task = getattr(model, "peft_task_type", "FEATURE_EXTRACTION")
-    peft_config = config.to_peft_dict(base_model_name_or_path, list(modules), task_type=task)
     (out / "adapter_config.json").write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
     return out
 

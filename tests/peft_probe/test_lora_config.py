@@ -111,7 +111,7 @@ def test_export_refuses_a_config_that_would_load_a_different_adapter(tmp_path):
         export_peft(model, tmp_path / "a", LoraConfig(r=2, target_modules=["down_proj"]))
     with pytest.raises(ValueError, match="rank 4"):
         export_peft(model, tmp_path / "b", LoraConfig(r=4, target_modules=["down_proj"], layers_to_transform=[1]))
-    assert not (tmp_path / "a" / "adapter_config.json").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before anything is written
 
 
 def test_reader_refuses_lora_variants_it_does_not_implement():
