@@ -1,4 +1,4 @@
-"""``AnalyticLinear``: a scikit-learn-style ridge classifier over the functional core.
+"""``AnalyticLinear``: a scikit-learn ridge classifier over the functional core.
 
 The convenience layer over the functional core (docs/architecture.md): it holds a state pytree (``GramStats`` or
 ``RLSState``) and calls the core.
@@ -23,7 +23,8 @@ from analytic.dtypes import resolve_dtype
 from analytic.gram import GramStats, gram_accumulate_checked, gram_init, gram_solve
 from analytic.health import RLSHealth, check_committed
 from analytic.rls import RLSState, rls_init, rls_predict, rls_step_checked
-from analytic.validation import check_classes, check_features, check_gamma, check_labels, prepare_batch
+from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_features, as_label_vector, encode_labels
+from analytic.validation import check_classes, check_feature_layout, check_features, check_gamma, prepare_batch
 
 __all__ = ["AnalyticLinear"]
 
@@ -55,8 +56,8 @@ def _rls_step(
     return rls_step_checked(state, _padded_features(buffer, x, n, state.weight.dtype), targets, in_place=True)
 
 
-class AnalyticLinear:
-    """Closed-form ridge classifier with optional fixed feature buffer.
+class AnalyticLinear(LabelledClassifier):
+    """Closed-form ridge classifier with optional fixed feature buffer; a scikit-learn estimator.
 
     Args:
       gamma: ridge strength γ > 0.
@@ -66,7 +67,13 @@ class AnalyticLinear:
       dtype: accumulator dtype (default: float64 with x64 enabled, else float32).
       classes: declare the number of classes up front; labels ≥ it are then refused instead of growing the head.
 
-    Attributes (after fitting): ``coef_`` ``(d_features, c)``, ``n_classes_``, ``n_features_in_``, ``state_``.
+    The arguments are stored as given and validated by ``fit``/``partial_fit`` (scikit-learn's rule). ``y`` is
+    class labels ``(n,)`` (:class:`analytic.sklearn_api.ClassLabels`: non-negative integers are column ids,
+    anything else is mapped to columns) or dense targets ``(n, c)`` with ``c ≥ 2`` (ridge regression on ``c``
+    columns, read out by argmax).
+
+    Attributes (after fitting): ``coef_`` ``(d_features, c)``, ``classes_``, ``n_classes_``, ``n_features_in_``,
+    ``state_``.
 
     Each ``partial_fit`` updates the state in place (its buffers are donated to the compiled step; on the CPU
     backend no ``d×d`` buffer is allocated per batch): arrays taken from ``state_``
@@ -76,88 +83,135 @@ class AnalyticLinear:
 
     def __init__(self, gamma: float = 1.0, buffer: Buffer | None = None, solver: str = "gram", dtype: Any = None,
                  classes: int | None = None) -> None:
-        self.gamma = check_gamma(gamma)
-        if solver not in ("gram", "rls"):
-            raise ValueError(f"solver must be 'gram' or 'rls', got {solver!r}")
-        classes = check_classes(classes)
-        self.buffer, self.solver, self.dtype, self.classes = buffer, solver, dtype, classes
-        self.state_: GramStats | RLSState | None = None
-        self._coef: jax.Array | None = None
+        self.gamma, self.buffer, self.solver, self.dtype, self.classes = gamma, buffer, solver, dtype, classes
+        self._state: GramStats | RLSState | None = None
+        self._labels: ClassLabels | None = None
+        self._declared: int | None = None
+        self._fit_buffer: Buffer | None = None
+        self._fit_gamma: float | None = None
+        # The solve of the current statistics, cached in a holder that a read-out fills in place (reading must not
+        # change the estimator's attributes, scikit-learn's rule).
+        self._coef_cache: list[jax.Array | None] = [None]
 
     # -- fitting -------------------------------------------------------------------------------------------------
-    def _features(self, x: Any) -> jax.Array:
-        dim = self.buffer.in_dim if isinstance(self.buffer, RandomBuffer) else (
-            self.buffer.centers.shape[1] if self.buffer is not None else None)
-        if self.state_ is not None and self.buffer is None:
-            dim = self.state_.dim
-        x = check_features(x, dim=dim)
-        return self.buffer(x) if self.buffer is not None else x
+    def _checked(self) -> tuple[float, int | None]:
+        """(γ, declared class count) validated; ``ValueError``/``TypeError`` name the argument."""
+        gamma = check_gamma(self.gamma)
+        if self.solver not in ("gram", "rls"):
+            raise ValueError(f"solver must be 'gram' or 'rls', got {self.solver!r}")
+        if self.buffer is not None and not isinstance(self.buffer, RandomBuffer | GaussianKernelBuffer):
+            raise TypeError(f"buffer must be a RandomBuffer, a GaussianKernelBuffer or None, got "
+                            f"{type(self.buffer).__name__}")
+        return gamma, check_classes(self.classes)
+
+    def _make_buffer(self, in_dim: int) -> Buffer | None:
+        """The feature map of a new fit (subclasses may build one from the input width)."""
+        return self.buffer
 
     def _input_dim(self) -> int | None:
-        if self.buffer is None:
-            return None if self.state_ is None else self.state_.dim
-        return self.buffer.in_dim if isinstance(self.buffer, RandomBuffer) else self.buffer.centers.shape[1]
+        buffer = self._fit_buffer if self._state is not None else self.buffer
+        if buffer is None:
+            return None if self._state is None else self._state.dim
+        return buffer.in_dim if isinstance(buffer, RandomBuffer) else buffer.centers.shape[1]
 
-    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> AnalyticLinear:
-        """Add a batch ``x: (n, d)`` with class ids ``y: (n,)`` (or dense targets ``(n, c)``).
+    def partial_fit(self, x: Any, y: Any, classes: Any = None) -> AnalyticLinear:
+        """Add a batch ``x: (n, d)`` with labels ``y: (n,)`` (or dense targets ``(n, c)``).
 
-        ``classes`` (optional, sklearn's convention) declares the total class count on the first call. A call that
-        raises leaves the estimator exactly as it was. The batch is validated, padded and encoded once
-        (:func:`analytic.validation.prepare_batch`); buffer and update then run as one compiled step, and the
-        batch is committed only if the new statistics are sound (one scalar read, :mod:`analytic.health`).
+        ``classes`` (optional, scikit-learn's convention: all labels, or their count) fixes the label set on the
+        first call. A call that raises leaves the estimator exactly as it was. The batch is validated, padded and
+        encoded once (:func:`analytic.validation.prepare_batch`); buffer and update then run as one compiled step,
+        and the batch is committed only if the new statistics are sound (one scalar read, :mod:`analytic.health`).
         """
-        declared = self.classes if classes is None else check_classes(classes)
-        if declared is not None and self.state_ is not None and declared < self.state_.classes:
+        gamma, declared_param = self._checked()
+        if self._state is not None and gamma != self._fit_gamma:
+            raise ValueError("gamma changed (set_params) since the statistics were accumulated with another value; "
+                             "call fit to start over with the new one")
+        x = as_features(x)
+        check_feature_layout(x, "x", None, allow_empty=False)
+        expected = self._input_dim()
+        if expected is not None:
+            self._check_dim(x.shape[1], expected)
+        before = self._declared if self._state is not None else declared_param
+        dense = y is not None and np.ndim(y) == 2 and np.shape(y)[1] > 1
+        if dense:
+            if self._labels is not None and self._labels.values is not None:
+                raise ValueError("y: dense targets given to an estimator fitted on labels other than class ids")
+            if classes is not None and np.ndim(classes) > 0:
+                raise TypeError("classes must be a class count for dense targets")
+            labels, targets = ClassLabels(None), y
+            declared = before if classes is None else check_classes(classes)
+            if declared is not None and before is not None:
+                declared = max(declared, before)
+        else:
+            labels, targets, declared = encode_labels(self._labels, as_label_vector(y), classes, before)
+        if declared is not None and self._state is not None and declared < self._state.classes:
             raise ValueError(f"classes declares {declared} classes but the estimator already has "
-                             f"{self.state_.classes} class columns")
-        width = self.state_.classes if self.state_ is not None else (declared or 0)
-        dt = resolve_dtype(self.dtype if self.state_ is None else self.state_[0].dtype)
-        batch = prepare_batch(x, y, dim=self._input_dim(), classes=max(width, declared or 0), declared=declared,
-                              dtype=dt)
-        state, previous = self.state_, self.state_
+                             f"{self._state.classes} class columns")
+        width = self._state.classes if self._state is not None else (declared or 0)
+        dt = resolve_dtype(self.dtype if self._state is None else self._state[0].dtype)
+        batch = prepare_batch(x, targets, dim=None, classes=max(width, declared or 0), declared=declared, dtype=dt)
+        state, previous = self._state, self._state
+        buffer = self._fit_buffer if state is not None else self._make_buffer(batch.x.shape[1])
         if state is None:
-            dim = batch.x.shape[1] if self.buffer is None else (
-                self.buffer.out_dim if isinstance(self.buffer, RandomBuffer) else self.buffer.centers.shape[0])
-            state = (gram_init(dim, 0, dt) if self.solver == "gram" else rls_init(dim, 0, self.gamma, dt))
+            dim = batch.x.shape[1] if buffer is None else (
+                buffer.out_dim if isinstance(buffer, RandomBuffer) else buffer.centers.shape[0])
+            state = (gram_init(dim, 0, dt) if self.solver == "gram" else rls_init(dim, 0, gamma, dt))
         state = expand_classes(state, batch.width)
         n = np.int32(batch.n)
         if isinstance(state, GramStats):
-            state, ok = _gram_step(self.buffer, state, batch.x, batch.targets, n)
+            state, ok = _gram_step(buffer, state, batch.x, batch.targets, n)
             health = None
         else:
-            state, health = _rls_step(self.buffer, state, batch.x, batch.targets, n)
+            state, health = _rls_step(buffer, state, batch.x, batch.targets, n)
             ok = health.ok
-        feats = batch.host_x if self.buffer is None else None
+        feats = batch.host_x if buffer is None else None
         try:
-            check_committed(ok, lambda: feats if feats is not None else self.buffer(jnp.asarray(batch.host_x)), dt,
+            check_committed(ok, lambda: feats if feats is not None else buffer(jnp.asarray(batch.host_x)), dt,
                             health=health)
         except Exception:
             if previous is not None:
                 # The donated state came back unchanged (only wider by this batch's new class columns).
-                self.state_ = trim_classes(state, previous.classes)
+                self._state = trim_classes(state, previous.classes)
             raise
-        self.state_, self.classes, self._coef = state, declared, None
+        self._state, self._labels, self._declared, self._coef_cache[0] = state, labels, declared, None
+        self._fit_buffer, self._fit_gamma = buffer, gamma
         return self
 
-    def fit(self, x: Any, y: Any, classes: int | None = None) -> AnalyticLinear:
+    def fit(self, x: Any, y: Any, classes: Any = None) -> AnalyticLinear:
         """Forget everything, then ``partial_fit(x, y)``; on error the previous fit is kept."""
-        previous = self.state_, self.classes, self._coef
-        self.state_, self._coef = None, None
+        kept = (self._state, self._labels, self._declared, self._fit_buffer, self._fit_gamma)
+        self._state, self._labels, self._declared = None, None, None
         try:
             return self.partial_fit(x, y, classes)
         except Exception:
-            self.state_, self.classes, self._coef = previous
+            self._state, self._labels, self._declared, self._fit_buffer, self._fit_gamma = kept
             raise
 
     # -- read-out ------------------------------------------------------------------------------------------------
+    def _fitted(self) -> bool:
+        return self._state is not None
+
+    def _width(self) -> int:
+        return int(self._state.classes)
+
+    @property
+    def state_(self) -> GramStats | RLSState | None:
+        """The statistics (``GramStats``) or the recursion's state (``RLSState``); ``None`` before fitting."""
+        return self._state
+
+    @property
+    def buffer_(self) -> Buffer | None:
+        """The feature map in use (``buffer``, or the one a subclass built on the first batch)."""
+        self._require_fitted()
+        return self._fit_buffer
+
     @property
     def coef_(self) -> jax.Array:
-        if self.state_ is None:
-            raise RuntimeError("AnalyticLinear is not fitted yet; call fit or partial_fit first")
-        if self._coef is None:
-            self._coef = (gram_solve(self.state_, self.gamma) if isinstance(self.state_, GramStats)
-                          else self.state_.weight)
-        return self._coef
+        self._require_fitted()
+        if self._coef_cache[0] is None:
+            self._coef_cache[0] = (gram_solve(self._state, self._fit_gamma) if isinstance(self._state, GramStats)
+                                   else self._state.weight)
+        return self._coef_cache[0]
 
     @property
     def n_classes_(self) -> int:
@@ -165,27 +219,24 @@ class AnalyticLinear:
 
     @property
     def n_features_in_(self) -> int:
-        return self.buffer.in_dim if isinstance(self.buffer, RandomBuffer) else self.state_.dim
+        self._require_fitted()
+        return self._input_dim()
 
-    def decision_function(self, x: Any) -> jax.Array:
-        """Logits ``φ(x) W``: ``(n, c)``."""
+    def _scores(self, x: Any) -> jax.Array:
+        x = as_features(x)
+        check_feature_layout(x, "x", None, allow_empty=False)
+        self._check_dim(x.shape[1], self._input_dim())
+        x = check_features(x)
+        feats = x if self._fit_buffer is None else self._fit_buffer(x)
         w = self.coef_
-        return rls_predict(RLSState(w, jnp.zeros((0, 0), w.dtype)), self._features(x))
-
-    def predict(self, x: Any) -> np.ndarray:
-        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
-
-    def score(self, x: Any, y: Any) -> float:
-        """Mean accuracy on ``(x, y)``."""
-        labels = check_labels(y, n=np.shape(x)[0])
-        return float(np.mean(self.predict(x) == labels))
+        return rls_predict(RLSState(w, jnp.zeros((0, 0), w.dtype)), feats)
 
     # -- persistence ---------------------------------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        if self.state_ is None:
-            raise RuntimeError("nothing to save: the estimator is not fitted")
-        meta = {"estimator": "AnalyticLinear", "gamma": self.gamma, "solver": self.solver, "classes": self.classes}
-        return save_state(path, {"state": self.state_, "buffer": self.buffer}, meta, overwrite=overwrite)
+        self._require_fitted()
+        meta = {"estimator": "AnalyticLinear", "gamma": self._fit_gamma, "solver": self.solver,
+                "classes": self._declared, "labels": self._labels.to_json()}
+        return save_state(path, {"state": self._state, "buffer": self._fit_buffer}, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> AnalyticLinear:
@@ -202,7 +253,7 @@ class AnalyticLinear:
         where = f"checkpoint {Path(path).absolute()}"
         if meta.get("estimator") != "AnalyticLinear":
             raise ValueError(f"{where} holds a {meta.get('estimator')!r} checkpoint, not AnalyticLinear")
-        if set(meta) != {"estimator", "gamma", "solver", "classes"}:
+        if set(meta) - {"labels"} != {"estimator", "gamma", "solver", "classes"}:
             raise CheckpointError(f"{where}: metadata keys {sorted(meta)} are not those AnalyticLinear.save writes")
         if not isinstance(tree, dict) or set(tree) != {"state", "buffer"}:
             raise CheckpointError(f"{where}: the stored tree is not {{'state', 'buffer'}}")
@@ -220,9 +271,11 @@ class AnalyticLinear:
             raise CheckpointError(f"{where}: the buffer gives {width} features but the state has dim {state.dim}")
         try:
             est = cls(meta["gamma"], buffer, meta["solver"], state[0].dtype, meta["classes"])
+            gamma, declared = est._checked()
+            labels = ClassLabels.from_json(meta.get("labels"), state.classes)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{where}: invalid stored estimator settings: {err}") from err
-        if est.classes is not None and est.classes < state.classes:
-            raise CheckpointError(f"{where}: classes={est.classes} but the state has {state.classes} class columns")
-        est.state_ = state
+        if declared is not None and declared < state.classes:
+            raise CheckpointError(f"{where}: classes={declared} but the state has {state.classes} class columns")
+        est._state, est._labels, est._declared, est._fit_buffer, est._fit_gamma = state, labels, declared, buffer, gamma
         return est

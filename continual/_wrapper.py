@@ -12,7 +12,6 @@ host-to-device transfer per array); ``update`` validates only raw arrays from di
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,12 +21,10 @@ import numpy as np
 
 from analytic import load_state, save_state
 from analytic.checkpoint import CheckpointError, check_like
+from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_features, as_label_vector, encode_labels
 from analytic.validation import (
-    MAX_DECLARED_CLASSES,
     PreparedBatch,
-    check_classes,
     check_feature_layout,
-    check_features,
     check_finite_entries,
     check_labels,
     prepare_batch,
@@ -36,16 +33,6 @@ from continual._donation import donating
 
 #: Solvers of the learners' heads: additive statistics solved lazily on read, or the Woodbury recursion.
 SOLVERS = ("gram", "rls")
-
-
-def declared_classes(classes: int | Sequence[int] | np.ndarray | None, name: str = "classes") -> int | None:
-    """``classes`` as sklearn's ``partial_fit`` accepts it (all class ids, or their count) -> number of columns."""
-    if classes is None:
-        return None
-    if np.ndim(classes) == 0:
-        return check_classes(classes.item() if isinstance(classes, np.ndarray) else classes, name=name)
-    ids = check_labels(np.asarray(classes), name=name, classes=MAX_DECLARED_CLASSES)
-    return int(ids.max()) + 1
 
 
 def seen_mask(labels: np.ndarray, width: int) -> np.ndarray:
@@ -60,6 +47,15 @@ def check_solver(solver: str) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     return solver
+
+
+def positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """An integer option ``>= minimum`` (integral floats such as ``10.0`` accepted, booleans refused)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer | float | np.floating):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {type(value).__name__} {value!r}")
+    if not np.isfinite(value) or value != int(value) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def as_batch(
@@ -93,13 +89,41 @@ def mask_unseen(logits: jax.Array, seen: jax.Array) -> jax.Array:
 _FROM_STATE = "<given: stored in the state>"
 
 
-class ContinualClassifier:
-    """Base of the learners' class wrappers.
+def _json_value(value: Any) -> Any:
+    """A validated constructor argument in its JSON-storable form (dtypes by name, arrays as lists)."""
+    if isinstance(value, np.dtype | type) and value is not None:
+        return np.dtype(value).name
+    if isinstance(value, np.ndarray | jax.Array):
+        return np.asarray(value).tolist()
+    return value
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray | jax.Array | list) or isinstance(b, np.ndarray | jax.Array | list):
+        try:
+            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        except Exception:  # noqa: BLE001 - incomparable values differ
+            return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class ContinualClassifier(LabelledClassifier):
+    """Base of the learners' class wrappers: a scikit-learn ``ClassifierMixin`` + ``BaseEstimator``.
 
     A subclass sets ``_module`` (the functional module: ``init``, ``update``, ``predict``, ``input_dim``,
-    ``num_classes``), validates its options and passes them as keywords to ``__init__``; they become attributes
-    and :meth:`get_params`. Options named in ``_update_options`` go to ``update``, all others to ``init``.
-    ``state`` is ``None`` until the first :meth:`partial_fit`.
+    ``num_classes``), stores its constructor arguments unchanged (scikit-learn's rule; ``get_params``/``set_params``
+    and ``clone`` read them) and validates them in :meth:`_checked_params`, which every ``fit``/``partial_fit`` calls
+    first. Options named in ``_update_options`` go to ``update``, all others to ``init``. ``state`` is ``None``
+    until the first :meth:`partial_fit`; the arguments it was built with are kept with it, and a ``partial_fit``
+    after ``set_params`` changed one of them is refused (``fit`` starts over with the new ones).
+
+    Labels follow :class:`analytic.sklearn_api.ClassLabels`: non-negative integer labels are class ids (column
+    ``k`` is class ``k``, as in the papers' code), other labels are mapped to columns in order of arrival.
 
     A Gram head (``solver="gram"``) is updated in place by :meth:`partial_fit` (its buffers are donated to the
     compiled step, :mod:`continual._donation`): arrays taken from ``state`` before a call are invalid after it --
@@ -114,35 +138,71 @@ class ContinualClassifier:
     #: Array-valued constructor arguments (given weights) -> the state field that holds them. A checkpoint's
     #: metadata records only that they were given (the state holds them); load takes them back from the state.
     _state_params: ClassVar[dict[str, str]] = {}
-    state: Any
+    #: Number of input axes after the sample axis (F-OAL's per-block tokens have two).
+    _input_axes: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
-        if params.get("dtype") is not None:
-            params["dtype"] = np.dtype(params["dtype"]).name  # a JSON-storable name, for checkpoints
-        self._param_names = tuple(params)
         for key, value in params.items():
             setattr(self, key, value)
-        self.state = None
-        self.n_classes_declared_: int | None = None
+        self._state: Any = None
+        self._labels = None
+        self._declared: int | None = None
+        self._fit_params: dict[str, Any] | None = None
+
+    # -- state -----------------------------------------------------------------------------------------------
+    @property
+    def state(self) -> Any:
+        """The functional learner state (``None`` before the first :meth:`partial_fit`)."""
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = value
+
+    @property
+    def n_classes_declared_(self) -> int | None:
+        """The class count fixed by ``classes=`` (``None``: the head grows with the labels)."""
+        return self._declared
+
+    def _fitted(self) -> bool:
+        return self._state is not None
+
+    def _width(self) -> int:
+        return int(self._module.num_classes(self._state))
 
     # -- hooks ---------------------------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (all JSON-serializable but the given weights of ``_state_params``)."""
-        return {key: getattr(self, key) for key in self._param_names}
+    def _checked_params(self) -> dict[str, Any]:
+        """The constructor arguments validated and normalized (``ValueError``/``TypeError`` naming the argument);
+        subclasses extend it. The dtype is kept by name, so that the arguments are JSON-storable in checkpoints."""
+        params = self.get_params(deep=False)
+        if params.get("dtype") is not None:
+            try:
+                params["dtype"] = np.dtype(params["dtype"]).name
+            except TypeError as err:
+                raise TypeError(f"dtype must be a NumPy dtype or None, got {params['dtype']!r}") from err
+        return params
 
-    def _init_state(self, in_dim: int, classes: int) -> Any:
-        params = {k: v for k, v in self.get_params().items() if k not in self._update_options}
+    def _params(self) -> dict[str, Any]:
+        """The arguments the current state was built with (validated now if there is no state yet)."""
+        return self._fit_params if self._fit_params is not None else self._checked_params()
+
+    def _init_state(self, in_dim: int, classes: int, params: dict[str, Any] | None = None) -> Any:
+        params = {k: v for k, v in (params or self._params()).items() if k not in self._update_options}
         return self._module.init(in_dim, classes, **params)
 
     def _update(self, state: Any, batch: PreparedBatch) -> Any:
-        return self._module.update(state, batch, None, **{k: getattr(self, k) for k in self._update_options})
+        params = self._params()
+        return self._module.update(state, batch, None, **{k: params[k] for k in self._update_options})
 
     def _check_x(self, x: Any, name: str = "x") -> jax.Array:
-        return check_features(x, name=name, dim=None if self.state is None else self.n_features_in_)
+        return jnp.asarray(self._check_x_host(x, name))
 
     def _check_x_host(self, x: Any, name: str = "x") -> Any:
-        """:meth:`_check_x` without the transfer: host input stays on the host until :func:`prepare_batch`."""
-        x = check_feature_layout(x, name, None if self.state is None else self.n_features_in_, allow_empty=False)
+        """Validated features; host input stays on the host until :func:`prepare_batch`."""
+        x = as_features(x, name, allow_nd=self._input_axes > 1)
+        x = check_feature_layout(x, name, None, allow_empty=False)
+        if self._state is not None:
+            self._check_dim(x.shape[1], self.n_features_in_)
         check_finite_entries(x, name)
         return x
 
@@ -156,25 +216,38 @@ class ContinualClassifier:
     def _decision(self, state: Any, x: jax.Array) -> jax.Array:
         return self._module.predict(state, x)
 
+    def _scores(self, x: Any) -> jax.Array:
+        return self._decision(self._state, self._check_x(x))
+
+    def _refuse_changed(self, params: dict[str, Any]) -> None:
+        changed = sorted(k for k, v in params.items() if not _same_value(v, self._fit_params[k]))
+        if changed:
+            raise ValueError(f"{', '.join(changed)} changed (set_params) since this {type(self).__name__}'s state "
+                             "was built with other values; call fit to start over with the new ones")
+
     # -- scikit-learn verbs ----------------------------------------------------------------------------------
     @property
     def n_features_in_(self) -> int:
         self._require_fitted()
-        return int(self._module.input_dim(self.state))
+        return int(self._module.input_dim(self._state))
 
-    def partial_fit(self, x: Any, y: Any, classes: int | Sequence[int] | None = None) -> ContinualClassifier:
-        """Learn one batch/phase. ``classes`` (all ids, or their count) fixes the label range and output width."""
-        declared = declared_classes(classes)
-        if declared is not None and self.n_classes_declared_ is not None:
-            declared = max(declared, self.n_classes_declared_)
-        declared = self.n_classes_declared_ if declared is None else declared
-        if declared is not None and self.state is not None and declared < self._module.num_classes(self.state):
-            raise ValueError(f"classes declares {declared} classes but the learner already has "
-                             f"{self._module.num_classes(self.state)} class columns")
+    def partial_fit(self, x: Any, y: Any, classes: Any = None) -> ContinualClassifier:
+        """Learn one batch/phase. ``classes`` (all labels, or their count) fixes the label set and output width."""
+        params = self._checked_params()
+        if self._state is not None:
+            self._refuse_changed(params)
+        else:
+            self._fit_params = params
         x = self._check_x_host(x)
-        labels = check_labels(y, classes=declared, n=x.shape[0])
-        state = self.state if self.state is not None else self._init_state(self._input_width(x), declared or 0)
-        batch = prepare_batch(x, labels, dim=None, classes=self._module.num_classes(state),
+        y = as_label_vector(y)
+        labels, ids, declared = encode_labels(self._labels, y, classes, self._declared)
+        width = 0 if self._state is None else self._width()
+        if declared is not None and declared < width:
+            raise ValueError(f"classes declares {declared} classes but the learner already has {width} class columns")
+        if ids.shape[0] != x.shape[0]:
+            raise ValueError(f"y has {ids.shape[0]} labels but x has {x.shape[0]} rows")
+        state = self._state if self._state is not None else self._init_state(self._input_width(x), declared or 0)
+        batch = prepare_batch(x, ids, dim=None, classes=self._module.num_classes(state),
                               dtype=self._module.state_dtype(state), validate=False, rows=self._padded_rows(x.shape[0]))
         # The learner owns its state, so its Gram head may be updated in place (continual._donation); a refused
         # batch hands back the unchanged state, which is kept.
@@ -182,54 +255,44 @@ class ContinualClassifier:
             try:
                 new_state = self._update(state, batch)
             except Exception:
-                if donation.restored is not None and self.state is not None:
-                    self.state = donation.restored
+                if donation.restored is not None and self._state is not None:
+                    self._state = donation.restored
                 raise
         # Only now does the learner change: any exception above left it as it was.
-        self.state, self.n_classes_declared_ = new_state, declared
+        self._state, self._labels, self._declared = new_state, labels, declared
         return self
 
-    def fit(self, x: Any, y: Any, classes: int | Sequence[int] | None = None) -> ContinualClassifier:
-        """Forget everything and learn ``(x, y)`` as a single phase."""
-        fresh = type(self)(**self.get_params())
+    def fit(self, x: Any, y: Any, classes: Any = None) -> ContinualClassifier:
+        """Forget everything and learn ``(x, y)`` as a single phase (with the current arguments); on error the
+        previous fit is kept."""
+        fresh = type(self)(**self.get_params(deep=False))
         fresh.partial_fit(x, y, classes=classes)
-        self.state, self.n_classes_declared_ = fresh.state, fresh.n_classes_declared_
+        self._state, self._labels, self._declared = fresh._state, fresh._labels, fresh._declared
+        self._fit_params = fresh._fit_params
         return self
-
-    def decision_function(self, x: Any) -> jax.Array:
-        """Class scores ``(n, c)``."""
-        self._require_fitted()
-        return self._decision(self.state, self._check_x(x))
-
-    def predict(self, x: Any) -> np.ndarray:
-        """Predicted class ids ``(n,)``."""
-        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
-
-    def score(self, x: Any, y: Any) -> float:
-        """Mean accuracy on ``(x, y)``."""
-        x = self._check_x(x)
-        labels = check_labels(y, n=x.shape[0])
-        return float(np.mean(self.predict(x) == labels))
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, path: str, overwrite: bool = False) -> None:
-        """Write the state and constructor arguments with :func:`analytic.save_state` (digest-verified; an
-        overwrite leaves the old or the new checkpoint loadable whenever it is interrupted)."""
+        """Write the state, the constructor arguments (those the state was built with) and the label map with :func:`analytic.save_state`
+        (digest-verified; an overwrite leaves the old or the new checkpoint loadable whenever it is interrupted)."""
         self._require_fitted()
+        self._refuse_changed(self._checked_params())
+        params = {k: (_FROM_STATE if k in self._state_params and v is not None else _json_value(v))
+                  for k, v in self.get_params(deep=False).items()}
         metadata = {
             "learner": type(self).__name__,
-            "params": json.loads(json.dumps({k: (_FROM_STATE if k in self._state_params and v is not None else v)
-                                             for k, v in self.get_params().items()})),
-            "n_classes_declared": self.n_classes_declared_,
+            "params": json.loads(json.dumps(params)),
+            "n_classes_declared": self._declared,
+            "labels": (self._labels or ClassLabels(None)).to_json(),
         }
-        save_state(path, self.state, metadata, overwrite=overwrite)
+        save_state(path, self._state, metadata, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> ContinualClassifier:
         """Restore a learner written by :meth:`save`; continuing it equals never having stopped, bit for bit.
 
-        The stored constructor arguments are passed through the constructor's validation, and the stored state must
-        have exactly the structure, types, shapes and dtypes of a fresh state built from them; otherwise
+        The stored constructor arguments pass the same validation as ``fit``'s, and the stored state must have
+        exactly the structure, types, shapes and dtypes of a fresh state built from them; otherwise
         :class:`~analytic.checkpoint.CheckpointError` names the checkpoint and what differs.
         """
         loaded, metadata = load_state(path)
@@ -237,7 +300,8 @@ class ContinualClassifier:
         if metadata.get("learner") != cls.__name__:
             raise ValueError(f"{where} holds a {metadata.get('learner')!r} checkpoint, not {cls.__name__}")
         params, declared = metadata.get("params"), metadata.get("n_classes_declared")
-        if set(metadata) != {"learner", "params", "n_classes_declared"} or not isinstance(params, dict):
+        # Checkpoints written before labels were stored hold class ids ("labels" absent).
+        if set(metadata) - {"labels"} != {"learner", "params", "n_classes_declared"} or not isinstance(params, dict):
             raise CheckpointError(f"{where}: metadata keys {sorted(metadata)} are not those {cls.__name__}.save writes")
         # Checkpoints written before an option existed were written with its legacy value (e.g. the Woodbury
         # head before `solver` was added); the state structure check below still verifies that.
@@ -252,20 +316,20 @@ class ContinualClassifier:
                 elif params.get(key) is not None:
                     raise ValueError(f"{key} must be null or {_FROM_STATE!r} in a checkpoint, got {params[key]!r}")
             learner = cls(**params)
+            checked = learner._checked_params()
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{where}: invalid stored {cls.__name__} arguments: {err}") from err
         try:
             width, classes = int(cls._module.input_dim(loaded)), int(cls._module.num_classes(loaded))
-            fresh = learner._init_state(width, classes)
+            fresh = learner._init_state(width, classes, checked)
         except Exception as err:  # noqa: BLE001 - a state of the wrong shape can fail anywhere in init
             raise CheckpointError(f"{where}: the stored state does not fit {cls.__name__}({params}): {err}") from err
         check_like(loaded, fresh, f"{where}: state")
         if declared is not None and declared < classes:
             raise CheckpointError(f"{where}: n_classes_declared={declared} but the state has {classes} class columns")
-        learner.state = loaded
-        learner.n_classes_declared_ = declared
+        try:
+            labels = ClassLabels.from_json(metadata.get("labels"), classes)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: {err}") from err
+        learner._state, learner._labels, learner._declared, learner._fit_params = loaded, labels, declared, checked
         return learner
-
-    def _require_fitted(self) -> None:
-        if self.state is None:
-            raise ValueError(f"this {type(self).__name__} has not been fitted yet; call partial_fit first")

@@ -134,13 +134,17 @@ class ACIL(ContinualClassifier):
         buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
         buffer: RandomBuffer | None = None,
     ) -> None:
-        check_gamma(gamma)
-        check_solver(solver)
         super().__init__(gamma=gamma, buffer_size=buffer_size, activation=activation, buffer_init=buffer_init,
                          seed=seed, dtype=dtype, solver=solver, buffer=buffer)
+
+    def _checked_params(self) -> dict[str, Any]:
+        params = super()._checked_params()
+        params["gamma"] = check_gamma(params["gamma"])
+        check_solver(params["solver"])
+        return params
 
     @property
     def coef_(self) -> jax.Array:
         """Head weights ``(buffer_size, c)``."""
         self._require_fitted()
-        return self.state.head.weight
+        return self._state.head.weight

@@ -228,18 +228,24 @@ class AIR(ContinualClassifier):
         buffer_size: int | None = None, buffer_init: str = "normal", seed: int = 0, dtype: Any = None,
         buffer: RandomBuffer | None = None,
     ) -> None:
-        check_options(gamma, power, statistics)
         super().__init__(gamma=gamma, power=power, normalize=normalize, statistics=statistics,
                          buffer_size=buffer_size, buffer_init=buffer_init, seed=seed, dtype=dtype, buffer=buffer)
-        self._weight: tuple[Any, jax.Array] | None = None
+        # The solve of the current state, cached in a holder that a read-out updates in place (reading must not
+        # change the estimator's attributes, scikit-learn's rule).
+        self._weight_cache: list[Any] = [None, None]
+
+    def _checked_params(self) -> dict[str, Any]:
+        params = super()._checked_params()
+        check_options(params["gamma"], params["power"], params["statistics"])
+        return params
 
     def _decision(self, state: AIRState, x: jax.Array) -> jax.Array:
-        if self._weight is None or self._weight[0] is not state:
-            self._weight = (state, solve(state))
-        return predict(state, x, self._weight[1])
+        if self._weight_cache[0] is not state:
+            self._weight_cache[:] = [state, solve(state)]
+        return predict(state, x, self._weight_cache[1])
 
     @property
     def coef_(self) -> jax.Array:
         """Class-balanced ridge weights ``(d, c)``."""
         self._require_fitted()
-        return solve(self.state)
+        return solve(self._state)

@@ -24,24 +24,11 @@ import optax
 from analytic import AnalyticLinear, GramStats, RandomBuffer, gram_init, gram_update, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
 from analytic.health import check_committed, overflowing_rows
-from analytic.validation import check_classes, check_features, check_gamma, check_labels
+from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_features, as_label_vector, encode_labels
+from analytic.validation import check_feature_layout, check_features, check_gamma, check_labels
+from continual._wrapper import positive_int
 
 __all__ = ["JointRidge", "SLDAState", "slda_init", "slda_update", "slda_predict", "SLDA", "FineTune"]
-
-
-class _Classifier:
-    """Shared read-out verbs; subclasses define ``decision_function``."""
-
-    def decision_function(self, x: Any) -> jax.Array:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def predict(self, x: Any) -> np.ndarray:
-        return np.asarray(jnp.argmax(self.decision_function(x), axis=1))
-
-    def score(self, x: Any, y: Any) -> float:
-        """Mean accuracy on ``(x, y)``."""
-        labels = check_labels(y, n=np.shape(x)[0])
-        return float(np.mean(self.predict(x) == labels))
 
 
 class JointRidge(AnalyticLinear):
@@ -55,12 +42,11 @@ class JointRidge(AnalyticLinear):
         super().__init__(gamma=gamma, solver="gram", dtype=dtype)
         self.buffer_size, self.seed = buffer_size, seed
 
-    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> JointRidge:
-        if self.buffer is None and self.buffer_size is not None:
-            width = check_features(x).shape[1]
-            self.buffer = RandomBuffer(width, self.buffer_size, "relu", seed=self.seed, dtype=self.dtype)
-        super().partial_fit(x, y, classes)
-        return self
+    def _make_buffer(self, in_dim: int) -> RandomBuffer | None:
+        if self.buffer_size is None:
+            return None
+        return RandomBuffer(in_dim, positive_int(self.buffer_size, "buffer_size"), "relu", seed=self.seed,
+                            dtype=self.dtype)
 
 
 # -- SLDA ---------------------------------------------------------------------------------------------------------
@@ -104,31 +90,70 @@ def slda_predict(state: SLDAState, x: jax.Array, shrinkage: float = 1e-4) -> jax
     return jnp.where(seen, logits, -jnp.inf)
 
 
-class SLDA(_Classifier):
-    """Streaming LDA with shrinkage ``ε`` (default 1e-4, the paper's). Verbs: ``partial_fit``/``predict``/``score``."""
+class SLDA(LabelledClassifier):
+    """Streaming LDA with shrinkage ``ε`` (default 1e-4, the paper's); a scikit-learn estimator (``fit``,
+    ``partial_fit``, ``predict``, ``score``). Arguments are validated by ``fit``/``partial_fit``."""
 
     def __init__(self, shrinkage: float = 1e-4, dtype: Any = None) -> None:
-        shrinkage = float(shrinkage)
+        self.shrinkage, self.dtype = shrinkage, dtype
+        self._state: SLDAState | None = None
+        self._labels: ClassLabels | None = None
+        self._declared: int | None = None
+        self._fit_shrinkage: float | None = None
+
+    def _checked_shrinkage(self) -> float:
+        try:
+            shrinkage = float(self.shrinkage)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"shrinkage must be a number in (0, 1), got {self.shrinkage!r}") from err
         if not 0.0 < shrinkage < 1.0:
             raise ValueError(f"shrinkage must lie in (0, 1), got {shrinkage!r}")
-        self.shrinkage, self.dtype = shrinkage, dtype
-        self.state_: SLDAState | None = None
-        self.n_classes_declared_: int | None = None
+        return shrinkage
 
-    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> SLDA:
-        state = self.state_ if self.state_ is not None else slda_init(check_features(x).shape[1], self.dtype)
-        declared = self.n_classes_declared_ if classes is None else check_classes(classes)
-        x = check_features(x, dim=state.stats.dim)
-        if declared is not None:
-            check_labels(y, classes=declared, n=x.shape[0])
-        self.state_ = slda_update(state, x, y)
-        self.n_classes_declared_ = declared
+    @property
+    def state_(self) -> SLDAState | None:
+        """Additive statistics of everything learned (``None`` before fitting)."""
+        return self._state
+
+    @property
+    def n_classes_declared_(self) -> int | None:
+        return self._declared
+
+    @property
+    def n_features_in_(self) -> int:
+        self._require_fitted()
+        return self._state.stats.dim
+
+    def _fitted(self) -> bool:
+        return self._state is not None
+
+    def _width(self) -> int:
+        return int(self._state.stats.classes)
+
+    def partial_fit(self, x: Any, y: Any, classes: Any = None) -> SLDA:
+        shrinkage = self._checked_shrinkage()
+        if self._state is not None and shrinkage != self._fit_shrinkage:
+            raise ValueError("shrinkage changed (set_params) since the fit; call fit to start over")
+        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
+        if self._state is not None:
+            self._check_dim(x.shape[1], self._state.stats.dim)
+        labels, ids, declared = encode_labels(self._labels, as_label_vector(y), classes, self._declared)
+        state = self._state if self._state is not None else slda_init(x.shape[1], self.dtype)
+        new_state = slda_update(state, x, ids)  # validated first: an error changes nothing
+        self._state, self._labels, self._declared, self._fit_shrinkage = new_state, labels, declared, shrinkage
         return self
 
-    def decision_function(self, x: Any) -> jax.Array:
-        if self.state_ is None:
-            raise RuntimeError("SLDA is not fitted yet; call partial_fit first")
-        return slda_predict(self.state_, check_features(x, dim=self.state_.stats.dim), self.shrinkage)
+    def fit(self, x: Any, y: Any, classes: Any = None) -> SLDA:
+        """Forget everything and learn ``(x, y)``; on error the previous fit is kept."""
+        fresh = SLDA(**self.get_params(deep=False)).partial_fit(x, y, classes)
+        self._state, self._labels, self._declared = fresh._state, fresh._labels, fresh._declared
+        self._fit_shrinkage = fresh._fit_shrinkage
+        return self
+
+    def _scores(self, x: Any) -> jax.Array:
+        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
+        self._check_dim(x.shape[1], self._state.stats.dim)
+        return slda_predict(self._state, check_features(x), self._fit_shrinkage)
 
 
 # -- fine-tuning with optional replay --------------------------------------------------------------------------------
@@ -163,7 +188,7 @@ def _adam_step(learning_rate: float) -> Any:
     return jax.jit(step)
 
 
-class FineTune(_Classifier):
+class FineTune(LabelledClassifier):
     """Gradient-trained head (softmax cross-entropy, optax Adam) updated only on what ``partial_fit`` receives.
 
     Args:
@@ -172,74 +197,115 @@ class FineTune(_Classifier):
       replay: capacity of the reservoir buffer of past ``(x, y)``; 0 = plain fine-tuning.
       batch_size, learning_rate, seed: SGD settings; the seed fixes init, shuffling and reservoir choices.
 
-    New classes add zero-initialised output columns; the optimizer state is reset when the head grows.
+    New classes add zero-initialised output columns; the optimizer state is reset when the head grows. A
+    scikit-learn estimator: the arguments are validated by ``fit``/``partial_fit``.
     """
 
     def __init__(self, hidden: int = 0, epochs: int = 5, replay: int = 0, batch_size: int = 32,
                  learning_rate: float = 1e-2, seed: int = 0) -> None:
-        for name, value, low in (("hidden", hidden, 0), ("epochs", epochs, 1), ("replay", replay, 0),
-                                 ("batch_size", batch_size, 1)):
-            if int(value) < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        self.hidden, self.epochs, self.replay, self.batch_size = int(hidden), int(epochs), int(replay), batch_size
-        self.learning_rate = check_gamma(learning_rate, "learning_rate")
-        self.tx = optax.adam(self.learning_rate)
-        self._step = _adam_step(self.learning_rate)
-        self._rng = np.random.default_rng(seed)
-        self._key = jax.random.PRNGKey(seed)
-        self.params_: dict[str, jax.Array] | None = None
+        self.hidden, self.epochs, self.replay, self.batch_size = hidden, epochs, replay, batch_size
+        self.learning_rate, self.seed = learning_rate, seed
+        self._head: dict[str, jax.Array] | None = None
+        self._labels: ClassLabels | None = None
+        self._declared: int | None = None
+        self._fit_params: dict[str, Any] | None = None
+
+    def _checked(self) -> dict[str, Any]:
+        """The arguments validated (``ValueError``/``TypeError`` naming the argument)."""
+        checked: dict[str, Any] = {name: positive_int(getattr(self, name), name, minimum=low) for name, low in
+                                   (("hidden", 0), ("epochs", 1), ("replay", 0), ("batch_size", 1), ("seed", 0))}
+        checked["learning_rate"] = check_gamma(self.learning_rate, "learning_rate")
+        return checked
+
+    def _start(self, params: dict[str, Any]) -> None:
+        """Fresh training state for ``params`` (first ``partial_fit``)."""
+        self._fit_params = params
+        self._tx = optax.adam(params["learning_rate"])
+        self._step = _adam_step(params["learning_rate"])
+        self._rng = np.random.default_rng(params["seed"])
+        self._key = jax.random.PRNGKey(params["seed"])
         self._opt_state: Any = None
         self._memory_x: np.ndarray | None = None
         self._memory_y = np.zeros((0,), np.int64)
         self._stream_seen = 0
-        self.n_classes_declared_: int | None = None
 
     @property
-    def classes_(self) -> int:
-        return 0 if self.params_ is None else self.params_["b_out"].shape[0]
+    def params_(self) -> dict[str, jax.Array] | None:
+        """The head's parameters (``None`` before fitting)."""
+        return self._head
 
-    def partial_fit(self, x: Any, y: Any, classes: int | None = None) -> FineTune:
+    @property
+    def n_classes_declared_(self) -> int | None:
+        return self._declared
+
+    @property
+    def n_features_in_(self) -> int:
+        self._require_fitted()
+        return self._head["w_hidden" if "w_hidden" in self._head else "w_out"].shape[0]
+
+    def _fitted(self) -> bool:
+        return self._head is not None
+
+    def _width(self) -> int:
+        return 0 if self._head is None else int(self._head["b_out"].shape[0])
+
+    def fit(self, x: Any, y: Any, classes: Any = None) -> FineTune:
+        """Forget everything and train on ``(x, y)``; on error the previous fit is kept."""
+        fresh = FineTune(**self.get_params(deep=False)).partial_fit(x, y, classes)
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k.startswith("_")})
+        return self
+
+    def partial_fit(self, x: Any, y: Any, classes: Any = None) -> FineTune:
         """Train on ``x: (n, d)``, ``y: (n,)`` (and the replay buffer); inputs are checked before any change."""
-        dim = None if self.params_ is None else self.params_[("w_hidden" if self.hidden else "w_out")].shape[0]
-        classes = self.n_classes_declared_ if classes is None else check_classes(classes)
-        x = check_features(x, dim=dim)
+        params = self._checked()
+        if self._head is not None and params != self._fit_params:
+            raise ValueError("arguments changed (set_params) since the fit; call fit to start over")
+        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
+        if self._head is not None:
+            self._check_dim(x.shape[1], self.n_features_in_)
+        x = check_features(x)
         with np.errstate(over="ignore"):
             x32 = np.asarray(x, np.float32)
         # The head trains in float32: refuse rows that overflow the cast or their squares, as every learner does.
         check_committed(not overflowing_rows(x32, np.float32).size, lambda: x32, np.float32)
         x = x32
-        ids = check_labels(y, classes=classes, n=x.shape[0])
-        width = max(self.classes_, int(ids.max()) + 1, int(classes or 0))
-        params, opt_state, next_key = self.params_, self._opt_state, self._key
-        if params is None:
+        labels, ids, declared = encode_labels(self._labels, as_label_vector(y), classes, self._declared)
+        if ids.shape[0] != x.shape[0]:
+            raise ValueError(f"y has {ids.shape[0]} labels but x has {x.shape[0]} rows")
+        if self._head is None:
+            self._start(params)
+        width = max(self._width(), int(ids.max()) + 1, int(declared or 0))
+        head, opt_state, next_key = self._head, self._opt_state, self._key
+        if head is None:
             next_key, key = jax.random.split(self._key)
-            params = _init_head(key, x.shape[1], self.hidden, width)
-        if width > params["b_out"].shape[0] or opt_state is None:
-            grow = width - params["b_out"].shape[0]
-            params = {**params, "w_out": jnp.pad(params["w_out"], ((0, 0), (0, grow))),
-                      "b_out": jnp.pad(params["b_out"], (0, grow))}
-            opt_state = self.tx.init(params)
+            head = _init_head(key, x.shape[1], params["hidden"], width)
+        if width > head["b_out"].shape[0] or opt_state is None:
+            grow = width - head["b_out"].shape[0]
+            head = {**head, "w_out": jnp.pad(head["w_out"], ((0, 0), (0, grow))),
+                    "b_out": jnp.pad(head["b_out"], (0, grow))}
+            opt_state = self._tx.init(head)
         train_x, train_y = x, ids
         rng_state = self._rng.bit_generator.state
-        if self.replay and self._memory_y.size:
+        if params["replay"] and self._memory_y.size:
             train_x = np.concatenate([x, self._memory_x])
             train_y = np.concatenate([ids, self._memory_y])
-        for _ in range(self.epochs):
+        size = params["batch_size"]
+        for _ in range(params["epochs"]):
             order = self._rng.permutation(train_y.size)
-            for start in range(0, order.size, self.batch_size):
-                idx = order[start:start + self.batch_size]
-                pad = self.batch_size - idx.size  # fixed shapes: one compiled step; padded rows get weight 0
+            for start in range(0, order.size, size):
+                idx = order[start:start + size]
+                pad = size - idx.size  # fixed shapes: one compiled step; padded rows get weight 0
                 bx = np.pad(train_x[idx], ((0, pad), (0, 0)))
                 by = np.pad(train_y[idx], (0, pad))
                 weight = np.pad(np.ones(idx.size, np.float32), (0, pad))
-                params, opt_state = self._step(params, opt_state, bx, by, weight)
-        if not all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(params)):
+                head, opt_state = self._step(head, opt_state, bx, by, weight)
+        if not all(bool(jnp.isfinite(p).all()) for p in jax.tree.leaves(head)):
             self._rng.bit_generator.state = rng_state  # nothing of this call may remain
             raise ValueError("x: training on this batch made the head's parameters non-finite (inputs too large for "
                              "float32 SGD); the batch was not learned and the model is unchanged -- rescale the inputs")
-        self.params_, self._opt_state, self._key = params, opt_state, next_key
-        self.n_classes_declared_ = classes
-        if self.replay:
+        self._head, self._opt_state, self._key = head, opt_state, next_key
+        self._labels, self._declared = labels, declared
+        if params["replay"]:
             self._reservoir_add(x, ids)
         return self
 
@@ -250,12 +316,12 @@ class FineTune(_Classifier):
         mem_x, mem_y = list(self._memory_x), list(self._memory_y)
         for xi, yi in zip(x, y):
             self._stream_seen += 1
-            if len(mem_y) < self.replay:
+            if len(mem_y) < self._fit_params["replay"]:
                 mem_x.append(xi)
                 mem_y.append(yi)
             else:
                 slot = self._rng.integers(0, self._stream_seen)
-                if slot < self.replay:
+                if slot < self._fit_params["replay"]:
                     mem_x[slot], mem_y[slot] = xi, yi
         self._memory_x = np.asarray(mem_x, np.float32).reshape(-1, x.shape[1])
         self._memory_y = np.asarray(mem_y, np.int64)
@@ -264,8 +330,7 @@ class FineTune(_Classifier):
     def memory_size(self) -> int:
         return int(self._memory_y.size)
 
-    def decision_function(self, x: Any) -> jax.Array:
-        if self.params_ is None:
-            raise RuntimeError("FineTune is not fitted yet; call partial_fit first")
-        dim = self.params_["w_hidden" if self.hidden else "w_out"].shape[0]
-        return _head_logits(self.params_, jnp.asarray(check_features(x, dim=dim), jnp.float32))
+    def _scores(self, x: Any) -> jax.Array:
+        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
+        self._check_dim(x.shape[1], self.n_features_in_)
+        return _head_logits(self._head, jnp.asarray(check_features(x), jnp.float32))

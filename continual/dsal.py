@@ -295,14 +295,19 @@ class DSAL(ContinualClassifier):
     ) -> None:
         """``solver=None`` picks ``"gram"`` for ``cleansing="paper"`` and ``"rls"`` for ``"authors"`` (module doc);
         ``batch_size`` and ``new_classes`` as for :func:`update`."""
-        check_options(gamma_main, gamma_comp, compensation_ratio, activation_main, activation_comp)
-        check_authors_options(cleansing, batch_size, new_classes)
-        solver = check_solver(solver or ("rls" if cleansing == "authors" else "gram"))
-        if solver == "gram" and cleansing == "authors":
-            raise ValueError("cleansing='authors' needs W_M after every mini-batch: use solver='rls' for it")
         super().__init__(
             gamma_main=gamma_main, gamma_comp=gamma_comp, compensation_ratio=compensation_ratio,
             buffer_size=buffer_size, activation_main=activation_main, activation_comp=activation_comp,
             cleansing=cleansing, batch_size=batch_size, buffer_init=buffer_init, seed=seed, dtype=dtype,
             solver=solver, projection=projection, new_classes=new_classes,
         )
+
+    def _checked_params(self) -> dict[str, Any]:
+        p = super()._checked_params()
+        check_options(p["gamma_main"], p["gamma_comp"], p["compensation_ratio"], p["activation_main"],
+                      p["activation_comp"])
+        check_authors_options(p["cleansing"], p["batch_size"], p["new_classes"])
+        p["solver"] = check_solver(p["solver"] or ("rls" if p["cleansing"] == "authors" else "gram"))
+        if p["solver"] == "gram" and p["cleansing"] == "authors":
+            raise ValueError("cleansing='authors' needs W_M after every mini-batch: use solver='rls' for it")
+        return p

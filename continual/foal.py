@@ -43,9 +43,18 @@ from analytic.dtypes import pad_rows, resolve_dtype
 from analytic.health import RLSHealth, check_committed, healthy, merge_health, overflowing_rows
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
+from analytic.sklearn_api import as_features
 from analytic.validation import PreparedBatch, check_feature_layout, check_finite_entries, check_gamma, check_weights
 from continual._donation import commit, head_step
-from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
+from continual._wrapper import (
+    ContinualClassifier,
+    as_batch,
+    check_solver,
+    grow_mask,
+    mask_unseen,
+    positive_int,
+    real_rows,
+)
 
 __all__ = ["FOALState", "init", "update", "predict", "check_block_tokens", "FOAL"]
 
@@ -281,20 +290,29 @@ class FOAL(ContinualClassifier):
         ln_bias: Any = None, seed: int = 0, dtype: Any = None, solver: str = "rls", projection: Any = None,
         inputs: str = "tokens",
     ) -> None:
-        check_gamma(gamma)
-        check_solver(solver)
-        check_inputs_option(inputs)
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        # LayerNorm affine kept as lists so that the options stay JSON-storable in checkpoints.
-        ln_scale, ln_bias = (None if v is None else np.asarray(v, np.float64).tolist() for v in (ln_scale, ln_bias))
-        super().__init__(gamma=gamma, projection_dim=projection_dim, batch_size=int(batch_size), ln_scale=ln_scale,
+        super().__init__(gamma=gamma, projection_dim=projection_dim, batch_size=batch_size, ln_scale=ln_scale,
                          ln_bias=ln_bias, seed=seed, dtype=dtype, solver=solver, projection=projection,
                          inputs=inputs)
 
+    def _checked_params(self) -> dict[str, Any]:
+        p = super()._checked_params()
+        p["gamma"] = check_gamma(p["gamma"])
+        check_solver(p["solver"])
+        check_inputs_option(p["inputs"])
+        p["batch_size"] = positive_int(p["batch_size"], "batch_size")
+        # LayerNorm affine kept as lists so that the options stay JSON-storable in checkpoints.
+        for key in ("ln_scale", "ln_bias"):
+            if p[key] is not None:
+                p[key] = np.asarray(p[key], np.float64).tolist()
+        return p
+
     def _check_x(self, x: Any, name: str = "x") -> Any:
         # Host input is checked on the host and transferred once, inside the prediction (no second check there).
-        return check_inputs(self.state, x, name, fused=self.inputs == "fused")
+        fused = self._params()["inputs"] == "fused"
+        x = as_features(x, name, allow_nd=not fused)
+        if self._state is not None and np.ndim(x) == (2 if fused else 3):
+            self._check_dim(np.shape(x)[-1], self.n_features_in_)
+        return check_inputs(self._state, x, name, fused=fused)
 
     def _decision(self, state: FOALState, x: Any) -> jax.Array:
         return _scores(state, x)
@@ -307,11 +325,12 @@ class FOAL(ContinualClassifier):
     def _padded_rows(self, n: int) -> int | None:
         # Whole mini-batches, their count bucketed to a power of two (bounds recompiles): a chunk of one mini-batch
         # is one Woodbury step, not two of which one is padding.
-        steps = -(-n // self.batch_size)
-        return self.batch_size * (1 << (steps - 1).bit_length())
+        size = self._params()["batch_size"]
+        steps = -(-n // size)
+        return size * (1 << (steps - 1).bit_length())
 
     @property
     def coef_(self) -> jax.Array:
         """Head weights ``(projection_dim, c)`` on the fused features."""
         self._require_fitted()
-        return self.state.head.weight
+        return self._state.head.weight

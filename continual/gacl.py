@@ -50,7 +50,15 @@ from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
 from analytic.validation import check_features, check_gamma
 from continual._donation import commit, head_step
-from continual._wrapper import ContinualClassifier, as_batch, check_solver, grow_mask, mask_unseen, real_rows
+from continual._wrapper import (
+    ContinualClassifier,
+    as_batch,
+    check_solver,
+    grow_mask,
+    mask_unseen,
+    positive_int,
+    real_rows,
+)
 
 __all__ = ["GACLState", "init", "update", "eclg_step", "eclg_step_checked", "predict", "GACL"]
 
@@ -180,14 +188,17 @@ class GACL(ContinualClassifier):
         buffer_init: str = "normal", seed: int = 0, dtype: Any = None, solver: str = "gram",
         buffer: RandomBuffer | None = None,
     ) -> None:
-        check_gamma(gamma)
-        check_solver(solver)
-        if int(online_iter) != online_iter or online_iter < 1:
-            raise ValueError(f"online_iter must be a positive integer, got {online_iter!r}")
-        super().__init__(gamma=gamma, online_iter=int(online_iter), buffer_size=buffer_size, buffer_init=buffer_init,
+        super().__init__(gamma=gamma, online_iter=online_iter, buffer_size=buffer_size, buffer_init=buffer_init,
                          seed=seed, dtype=dtype, solver=solver, buffer=buffer)
+
+    def _checked_params(self) -> dict[str, Any]:
+        params = super()._checked_params()
+        params["gamma"] = check_gamma(params["gamma"])
+        check_solver(params["solver"])
+        params["online_iter"] = positive_int(params["online_iter"], "online_iter")
+        return params
 
     @property
     def coef_(self) -> jax.Array:
         self._require_fitted()
-        return self.state.head.weight
+        return self._state.head.weight

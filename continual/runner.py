@@ -50,7 +50,7 @@ def state_bytes(learner: Any) -> int:
     import jax
 
     learner = getattr(learner, "learner", learner)
-    held = [getattr(learner, name, None) for name in ("state", "state_", "buffer", "params_", "_opt_state",
+    held = [getattr(learner, name, None) for name in ("state", "state_", "buffer_", "params_", "_opt_state",
                                                       "_memory_x", "_memory_y")]
     return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(held) if hasattr(leaf, "nbytes")))
 

@@ -32,7 +32,15 @@ def test_gram_and_rls_updates_refuse_bad_batches(x, y, err, msg):
             update(state, x, y)
 
 
-@pytest.mark.parametrize("x,y,err,msg", BAD_BATCHES)
+# The estimator follows scikit-learn: integer/boolean features are converted, and once fitted on class ids it
+# refuses other labels by saying so.
+ESTIMATOR_BAD_BATCHES = [b for b in BAD_BATCHES if b[3] != "floating dtype"]
+ESTIMATOR_BAD_BATCHES = [(x, y, ValueError, "Unknown label type") if msg == "non-integer" else
+                         (x, y, ValueError, "class ids") if msg == "integer class ids" else (x, y, err, msg)
+                         for x, y, err, msg in ESTIMATOR_BAD_BATCHES]
+
+
+@pytest.mark.parametrize("x,y,err,msg", ESTIMATOR_BAD_BATCHES)
 def test_estimator_that_raised_is_unchanged_and_usable(x, y, err, msg):
     for solver in ("gram", "rls"):
         est = AnalyticLinear(0.5, solver=solver).partial_fit(X[:30], Y[:30])
@@ -57,14 +65,14 @@ def test_declared_classes_refuse_labels_beyond_them():
 @pytest.mark.parametrize("gamma", [0, -0.1, float("nan")])
 def test_non_positive_gamma_is_refused(gamma):
     with pytest.raises(ValueError, match="gamma"):
-        AnalyticLinear(gamma)
+        AnalyticLinear(gamma).fit(X, Y)
     with pytest.raises(ValueError, match="gamma"):
         rls_init(4, 2, gamma)
 
 
 def test_buffer_width_mismatch_is_named():
     est = AnalyticLinear(1.0, buffer=RandomBuffer(6, 32, seed=1)).fit(X, Y)
-    with pytest.raises(ValueError, match="x has 4 features"):
+    with pytest.raises(ValueError, match="X has 4 features, but AnalyticLinear is expecting 6"):
         est.predict(X[:, :4])
     with pytest.raises(ValueError, match="activation"):
         RandomBuffer(3, 4, activation="swish")

@@ -119,7 +119,7 @@ def test_dsal_takes_the_repositorys_increase_size_and_needs_a_batch_size_for_it(
                           ({"cleansing": "authors", "batch_size": 8, "new_classes": 0}, "new_classes must be"),
                           ({"batch_size": True}, "batch_size must be")):
         with pytest.raises(ValueError, match=match):
-            DSAL(buffer_size=WIDTH, **kwargs)
+            DSAL(buffer_size=WIDTH, **kwargs).fit(x, y)
     with pytest.raises(ValueError, match="pass batch_size"):
         dsal.update(dsal.init(D, C, buffer_size=WIDTH, solver="rls"), x, y, cleansing="authors")
 
@@ -153,4 +153,4 @@ def test_foal_takes_a_given_projection_and_pre_fused_features():
     with pytest.raises(ValueError, match="do not apply"):
         FOAL(inputs="fused", projection=projection).partial_fit(features, y)
     with pytest.raises(ValueError, match="inputs must be"):
-        FOAL(inputs="features")
+        FOAL(inputs="features").fit(features, y)

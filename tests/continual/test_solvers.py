@@ -4,6 +4,8 @@ Gram path keeps the input, health and checkpoint guarantees of the recursion."""
 import numpy as np
 import pytest
 
+from analytic import RLSState
+
 from analytic import save_state
 from continual import ACIL, AIR, DSAL
 from continual import air as air_fn
@@ -39,15 +41,18 @@ def test_dsal_paper_gram_equals_paper_rls():
     x, y, phases = _phases(1)
     gram = DSAL(0.1, 1.0, buffer_size=96, batch_size=16)
     rls = DSAL(0.1, 1.0, buffer_size=96, batch_size=16, solver="rls")
-    assert gram.solver == "gram" and DSAL(cleansing="authors", batch_size=8).solver == "rls"
+    # solver=None (stored as given) picks the Gram head for the paper's cleansing, Woodbury for the authors'
+    authors = DSAL(cleansing="authors", batch_size=8).fit(x[:40], y[:40])
+    assert gram.solver is None and isinstance(authors.state.main, RLSState)
     for phase in phases:
         rows = np.isin(y, phase)
         gram.partial_fit(x[rows], y[rows], classes=CLASSES)
         rls.partial_fit(x[rows], y[rows], classes=CLASSES)
+        assert not isinstance(gram.state.main, RLSState)
         assert rel_err(gram.state.main.weight, rls.state.main.weight) <= 1e-9
         assert rel_err(gram.state.comp.weight, rls.state.comp.weight) <= 1e-9
     with pytest.raises(ValueError, match="solver='rls'"):
-        DSAL(cleansing="authors", batch_size=8, solver="gram")
+        DSAL(cleansing="authors", batch_size=8, solver="gram").fit(x, y)
 
 
 def test_air_present_class_statistics_equal_all_class_statistics():
