@@ -273,8 +273,9 @@ class ContinualClassifier(LabelledClassifier):
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, path: str, overwrite: bool = False) -> None:
-        """Write the state, the constructor arguments (those the state was built with) and the label map with :func:`analytic.save_state`
-        (digest-verified; an overwrite leaves the old or the new checkpoint loadable whenever it is interrupted)."""
+        """Write the state, the constructor arguments (those the state was built with) and the label map with
+        :func:`analytic.save_state` (digest-verified; an overwrite leaves the old or the new checkpoint loadable
+        whenever it is interrupted)."""
         self._require_fitted()
         self._refuse_changed(self._checked_params())
         params = {k: (_FROM_STATE if k in self._state_params and v is not None else _json_value(v))

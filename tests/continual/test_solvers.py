@@ -4,9 +4,7 @@ Gram path keeps the input, health and checkpoint guarantees of the recursion."""
 import numpy as np
 import pytest
 
-from analytic import RLSState
-
-from analytic import save_state
+from analytic import RLSState, save_state
 from continual import ACIL, AIR, DSAL
 from continual import air as air_fn
 from tests.continual._learner_reference import class_stream, np_one_hot, np_ridge, rel_err
