@@ -132,6 +132,8 @@ class AnalyticLinear(LabelledClassifier):
         if expected is not None:
             self._check_dim(x.shape[1], expected)
         before = self._declared if self._state is not None else declared_param
+        if y is not None and not hasattr(y, "ndim"):
+            y = np.asarray(y)
         dense = y is not None and np.ndim(y) == 2 and np.shape(y)[1] > 1
         if dense:
             if self._labels is not None and self._labels.values is not None:

@@ -61,8 +61,11 @@ def check_feature_layout(x: Any, name: str, dim: int | None, allow_empty: bool) 
             f"cast explicitly (e.g. {name}.astype(np.float32)) so that no precision is lost silently"
         )
     if np.ndim(x) != 2:
-        raise ValueError(f"{name} must be 2-D (n, d), got shape {_shape_str(x)}")
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {_shape_str(x)}; Reshape your data with "
+                         f"{name}.reshape(-1, 1) for a single feature or {name}.reshape(1, -1) for one sample")
     n, d = np.shape(x)
+    if d == 0:  # scikit-learn's wording
+        raise ValueError(f"{name} has 0 feature(s) (shape=({n}, 0)) while a minimum of 1 is required.")
     if dim is not None and d != dim:
         raise ValueError(f"{name} has {d} features (shape {_shape_str(x)}) but {dim} were expected")
     if n == 0 and not allow_empty:

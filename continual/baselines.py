@@ -229,6 +229,16 @@ class FineTune(LabelledClassifier):
         self._memory_y = np.zeros((0,), np.int64)
         self._stream_seen = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # optax's transformation holds closures, which do not pickle; it is rebuilt from the arguments.
+        return {k: v for k, v in self.__dict__.items() if k not in ("_tx", "_step")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._fit_params is not None:
+            self._tx = optax.adam(self._fit_params["learning_rate"])
+            self._step = _adam_step(self._fit_params["learning_rate"])
+
     @property
     def params_(self) -> dict[str, jax.Array] | None:
         """The head's parameters (``None`` before fitting)."""
