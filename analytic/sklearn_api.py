@@ -108,6 +108,8 @@ def as_label_vector(y: Any, name: str = "y") -> np.ndarray:
         raise ValueError(f"{name} must be 1-D class labels (n,), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if arr.dtype.kind in "iub":  # integers and booleans are always class labels: skip the costly type inference
+        return arr
     try:
         check_classification_targets(arr)  # "Unknown label type: continuous" and friends, as every sklearn classifier
     except ValueError as err:
