@@ -251,6 +251,9 @@ class AnalyticLinear(LabelledClassifier):
         from analytic.buffers import ACTIVATIONS
         from analytic.checkpoint import CheckpointError
 
+        if cls is not AnalyticLinear:  # a subclass's own arguments are not in the checkpoint
+            raise TypeError(f"{cls.__name__}.load is not available: its checkpoint holds an AnalyticLinear "
+                            "(load it with AnalyticLinear.load)")
         tree, meta = load_state(path)
         where = f"checkpoint {Path(path).absolute()}"
         if meta.get("estimator") != "AnalyticLinear":

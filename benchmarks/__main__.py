@@ -18,7 +18,9 @@ def available() -> list[str]:
 def main(argv: list[str]) -> int:
     names = available()
     if not argv or argv[0] in {"-h", "--help"}:
-        print("usage: python -m benchmarks <name> [--quick] [options]\n\nbenchmarks: " + ", ".join(names))
+        print("usage: python -m benchmarks <name> [--quick] [options]\n"
+              "       python -m benchmarks run CONFIG.toml [--out DIR] [--quick] [--validate]  (docs/experiments.md)\n"
+              "\nbenchmarks: " + ", ".join(names))
         return 0
     name, rest = argv[0], argv[1:]
     if name not in names:
