@@ -198,6 +198,12 @@ class LabelledClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _labels: ClassLabels | None = None
+    _declared: int | None = None
+
+    @property
+    def n_classes_declared_(self) -> int | None:
+        """The class count fixed by ``classes=`` (``None``: the head grows with the labels)."""
+        return self._declared
 
     def _scores(self, x: Any) -> jax.Array:  # pragma: no cover - abstract
         raise NotImplementedError

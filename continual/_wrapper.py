@@ -159,11 +159,6 @@ class ContinualClassifier(LabelledClassifier):
     def state(self, value: Any) -> None:
         self._state = value
 
-    @property
-    def n_classes_declared_(self) -> int | None:
-        """The class count fixed by ``classes=`` (``None``: the head grows with the labels)."""
-        return self._declared
-
     def _fitted(self) -> bool:
         return self._state is not None
 

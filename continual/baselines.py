@@ -116,10 +116,6 @@ class SLDA(LabelledClassifier):
         return self._state
 
     @property
-    def n_classes_declared_(self) -> int | None:
-        return self._declared
-
-    @property
     def n_features_in_(self) -> int:
         self._require_fitted()
         return self._state.stats.dim
@@ -243,10 +239,6 @@ class FineTune(LabelledClassifier):
     def params_(self) -> dict[str, jax.Array] | None:
         """The head's parameters (``None`` before fitting)."""
         return self._head
-
-    @property
-    def n_classes_declared_(self) -> int | None:
-        return self._declared
 
     @property
     def n_features_in_(self) -> int:

@@ -4,7 +4,8 @@
 as given, fitted attributes, input conversion and refusal messages, pickling, subset/order invariance,
 accuracy on blobs, string/``{-1, 1}`` labels, ...) against each class with no expected failures: F-OAL is
 checked on pre-fused features (``inputs="fused"``); its per-block token form ``(n, L, D)`` is 3-D input, which
-no sklearn check can feed.
+no sklearn check can feed. pandas (the test extra) lets the data-frame checks run; the one check scikit-learn
+skips is array-API input, which these estimators do not claim (it needs ``SCIPY_ARRAY_API=1``).
 """
 
 from __future__ import annotations
