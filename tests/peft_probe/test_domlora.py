@@ -6,6 +6,7 @@ import pytest
 
 from peft_probe.domlora import dominant_module, domlora_config, top_k_config
 from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, lora_modules, trainable_count
+from peft_probe.models.llama import LlamaConfig
 from peft_probe.page import ModuleScore, PageScores, page_scores
 from tests.peft_probe.lora_fixtures import random_batch, tiny_model
 
@@ -36,8 +37,31 @@ def test_domlora_places_one_down_proj_like_the_paper():
     assert config == LoraConfig(r=8, alpha=16, target_modules=("down_proj",), layers_to_transform=(1,))
     model = tiny_model()
     assert inject_lora(model, config, 0) == ["model.layers.1.mlp.down_proj"]
-    # SmolLM2-135M (hidden 576, intermediate 1536): one down_proj has r (1536 + 576) = 2112 r of 305,280 r (0.69%)
-    assert 2112 / 305_280 == pytest.approx(0.0069, abs=1e-4)
+
+
+def _lora_widths(config: LlamaConfig) -> dict[str, int]:
+    """``d_in + d_out`` of each linear module of one decoder layer (a rank-r adapter has ``r`` times that)."""
+    h, kv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    d, m = config.hidden_size, config.intermediate_size
+    return {"q_proj": d + h * hd, "k_proj": d + kv * hd, "v_proj": d + kv * hd, "o_proj": h * hd + d,
+            "gate_proj": d + m, "up_proj": d + m, "down_proj": m + d}
+
+
+def test_domlora_trains_0_69_percent_of_all_linear_lora_on_smollm2():
+    # The shape arithmetic is checked against real injections on the tiny model first ...
+    tiny = LlamaConfig.tiny()
+    widths = _lora_widths(tiny)
+    everywhere = tiny_model()
+    inject_lora(everywhere, LoraConfig(r=8, alpha=16, target_modules=ALL_LINEAR), 0)
+    assert trainable_count(everywhere) == 8 * tiny.num_hidden_layers * sum(widths.values())
+    one = tiny_model()
+    inject_lora(one, LoraConfig(r=8, alpha=16, target_modules=("down_proj",), layers_to_transform=(1,)), 0)
+    assert trainable_count(one) == 8 * widths["down_proj"]
+    # ... then applied to SmolLM2-135M's config: one down_proj is 2112 r of all-linear's 305,280 r (0.69%).
+    smol = LlamaConfig.smollm2_135m()
+    widths = _lora_widths(smol)
+    assert widths["down_proj"] / (smol.num_hidden_layers * sum(widths.values())) == pytest.approx(2112 / 305_280)
+    assert widths["down_proj"] / (smol.num_hidden_layers * sum(widths.values())) == pytest.approx(0.0069, abs=5e-5)
 
 
 def test_top_k_config_selects_the_k_best_modules_exactly():
