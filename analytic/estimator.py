@@ -23,8 +23,8 @@ from analytic.dtypes import resolve_dtype
 from analytic.gram import GramStats, gram_accumulate_checked, gram_init, gram_solve
 from analytic.health import RLSHealth, check_committed
 from analytic.rls import RLSState, rls_init, rls_predict, rls_step_checked
-from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_features, as_label_vector, encode_labels
-from analytic.validation import check_classes, check_feature_layout, check_features, check_gamma, prepare_batch
+from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_label_vector, encode_labels
+from analytic.validation import check_classes, check_gamma, prepare_batch
 
 __all__ = ["AnalyticLinear"]
 
@@ -123,14 +123,9 @@ class AnalyticLinear(LabelledClassifier):
         and the batch is committed only if the new statistics are sound (one scalar read, :mod:`analytic.health`).
         """
         gamma, declared_param = self._checked()
-        if self._state is not None and gamma != self._fit_gamma:
-            raise ValueError("gamma changed (set_params) since the statistics were accumulated with another value; "
-                             "call fit to start over with the new one")
-        x = as_features(x)
-        check_feature_layout(x, "x", None, allow_empty=False)
-        expected = self._input_dim()
-        if expected is not None:
-            self._check_dim(x.shape[1], expected)
+        if self._state is not None:
+            self._refuse_changed({"gamma": gamma}, {"gamma": self._fit_gamma})
+        x = self._check_input(x, self._input_dim())
         before = self._declared if self._state is not None else declared_param
         if y is not None and not hasattr(y, "ndim"):
             y = np.asarray(y)
@@ -151,7 +146,8 @@ class AnalyticLinear(LabelledClassifier):
                              f"{self._state.classes} class columns")
         width = self._state.classes if self._state is not None else (declared or 0)
         dt = resolve_dtype(self.dtype if self._state is None else self._state[0].dtype)
-        batch = prepare_batch(x, targets, dim=None, classes=max(width, declared or 0), declared=declared, dtype=dt)
+        batch = prepare_batch(x, targets, dim=None, classes=max(width, declared or 0), declared=declared, dtype=dt,
+                              validate=False)
         state, previous = self._state, self._state
         buffer = self._fit_buffer if state is not None else self._make_buffer(batch.x.shape[1])
         if state is None:
@@ -178,16 +174,6 @@ class AnalyticLinear(LabelledClassifier):
         self._state, self._labels, self._declared, self._coef_cache[0] = state, labels, declared, None
         self._fit_buffer, self._fit_gamma = buffer, gamma
         return self
-
-    def fit(self, x: Any, y: Any, classes: Any = None) -> AnalyticLinear:
-        """Forget everything, then ``partial_fit(x, y)``; on error the previous fit is kept."""
-        kept = (self._state, self._labels, self._declared, self._fit_buffer, self._fit_gamma)
-        self._state, self._labels, self._declared = None, None, None
-        try:
-            return self.partial_fit(x, y, classes)
-        except Exception:
-            self._state, self._labels, self._declared, self._fit_buffer, self._fit_gamma = kept
-            raise
 
     # -- read-out ------------------------------------------------------------------------------------------------
     def _fitted(self) -> bool:
@@ -225,10 +211,7 @@ class AnalyticLinear(LabelledClassifier):
         return self._input_dim()
 
     def _scores(self, x: Any) -> jax.Array:
-        x = as_features(x)
-        check_feature_layout(x, "x", None, allow_empty=False)
-        self._check_dim(x.shape[1], self._input_dim())
-        x = check_features(x)
+        x = jnp.asarray(self._check_input(x, self._input_dim()))
         feats = x if self._fit_buffer is None else self._fit_buffer(x)
         w = self.coef_
         return rls_predict(RLSState(w, jnp.zeros((0, 0), w.dtype)), feats)

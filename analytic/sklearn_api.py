@@ -37,6 +37,7 @@ from analytic.validation import (
     MAX_UNDECLARED_CLASSES,
     check_classes,
     check_feature_layout,
+    check_finite_entries,
     check_labels,
 )
 
@@ -178,8 +179,6 @@ def as_features(x: Any, name: str = "x", allow_nd: bool = False) -> Any:
     :mod:`analytic.validation`), anything else through scikit-learn's ``check_array`` (lists, integers, booleans,
     object arrays of numbers; sparse, complex and strings are refused)."""
     if isinstance(x, np.ndarray | jax.Array) and jnp.issubdtype(x.dtype, jnp.floating):
-        if x.ndim == 2 and x.shape[1] == 0:
-            check_feature_layout(x, name, None, allow_empty=True)
         return x
     if hasattr(x, "dtype") and jnp.issubdtype(np.dtype(x.dtype), jnp.complexfloating):
         raise ValueError(f"Complex data not supported: {name} has dtype {x.dtype}")
@@ -188,6 +187,21 @@ def as_features(x: Any, name: str = "x", allow_nd: bool = False) -> Any:
                            input_name=name, ensure_min_samples=1)
     except (TypeError, ValueError) as err:  # scikit-learn's message, prefixed with the argument it is about
         raise type(err)(f"{name}: {err}") from err
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two argument values are equal (arrays and lists elementwise; incomparable values differ)."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray | jax.Array | list) or isinstance(b, np.ndarray | jax.Array | list):
+        try:
+            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        except Exception:  # noqa: BLE001 - incomparable values differ
+            return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 class LabelledClassifier(ClassifierMixin, BaseEstimator):
@@ -217,6 +231,30 @@ class LabelledClassifier(ClassifierMixin, BaseEstimator):
     def _require_fitted(self) -> None:
         if not self._fitted():
             raise NotFittedError(f"this {type(self).__name__} has not been fitted yet; call fit or partial_fit first")
+
+    def _check_input(self, x: Any, expected: int | None, name: str = "x") -> Any:
+        """Features as every estimator takes them: converted by :func:`as_features`, 2-D and non-empty,
+        ``expected`` wide (``None``: any width; scikit-learn's message otherwise) and finite. Host input stays on the
+        host."""
+        x = check_feature_layout(as_features(x, name), name, None, allow_empty=False)
+        if expected is not None:
+            self._check_dim(x.shape[1], expected, name)
+        check_finite_entries(x, name)
+        return x
+
+    def _refuse_changed(self, params: dict[str, Any], fitted: dict[str, Any]) -> None:
+        """Refuse to go on learning when ``set_params`` changed an argument the fitted state depends on."""
+        changed = sorted(k for k, v in params.items() if not same_value(v, fitted[k]))
+        if changed:
+            raise ValueError(f"{', '.join(changed)} changed (set_params) since this {type(self).__name__}'s state "
+                             "was built with other values; call fit to start over with the new ones")
+
+    def fit(self, x: Any, y: Any, classes: Any = None) -> LabelledClassifier:
+        """Forget everything and learn ``(x, y)`` with the current arguments (one phase, for a continual learner);
+        on error the previous fit is kept. A fresh estimator learns, then its fitted (private) state is taken."""
+        fresh = type(self)(**self.get_params(deep=False)).partial_fit(x, y, classes)
+        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k.startswith("_")})
+        return self
 
     def _check_dim(self, d: int, expected: int, name: str = "x") -> None:
         if d != expected:  # scikit-learn's wording, after the argument's name

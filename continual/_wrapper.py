@@ -21,14 +21,8 @@ import numpy as np
 
 from analytic import load_state, save_state
 from analytic.checkpoint import CheckpointError, check_like
-from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_features, as_label_vector, encode_labels
-from analytic.validation import (
-    PreparedBatch,
-    check_feature_layout,
-    check_finite_entries,
-    check_labels,
-    prepare_batch,
-)
+from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_label_vector, encode_labels
+from analytic.validation import PreparedBatch, check_gamma, check_labels, prepare_batch
 from continual._donation import donating
 
 #: Solvers of the learners' heads: additive statistics solved lazily on read, or the Woodbury recursion.
@@ -91,25 +85,11 @@ _FROM_STATE = "<given: stored in the state>"
 
 def _json_value(value: Any) -> Any:
     """A validated constructor argument in its JSON-storable form (dtypes by name, arrays as lists)."""
-    if isinstance(value, np.dtype | type) and value is not None:
+    if isinstance(value, np.dtype | type):
         return np.dtype(value).name
     if isinstance(value, np.ndarray | jax.Array):
         return np.asarray(value).tolist()
     return value
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    if isinstance(a, np.ndarray | jax.Array | list) or isinstance(b, np.ndarray | jax.Array | list):
-        try:
-            return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-        except Exception:  # noqa: BLE001 - incomparable values differ
-            return False
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001
-        return False
 
 
 class ContinualClassifier(LabelledClassifier):
@@ -138,8 +118,6 @@ class ContinualClassifier(LabelledClassifier):
     #: Array-valued constructor arguments (given weights) -> the state field that holds them. A checkpoint's
     #: metadata records only that they were given (the state holds them); load takes them back from the state.
     _state_params: ClassVar[dict[str, str]] = {}
-    #: Number of input axes after the sample axis (F-OAL's per-block tokens have two).
-    _input_axes: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
         for key, value in params.items():
@@ -168,8 +146,13 @@ class ContinualClassifier(LabelledClassifier):
     # -- hooks ---------------------------------------------------------------------------------------------
     def _checked_params(self) -> dict[str, Any]:
         """The constructor arguments validated and normalized (``ValueError``/``TypeError`` naming the argument);
-        subclasses extend it. The dtype is kept by name, so that the arguments are JSON-storable in checkpoints."""
+        subclasses extend it. ``gamma`` and ``solver`` are checked here for every learner that has them; the dtype is
+        kept by name, so that the arguments are JSON-storable in checkpoints."""
         params = self.get_params(deep=False)
+        if "gamma" in params:
+            params["gamma"] = check_gamma(params["gamma"])
+        if params.get("solver") is not None:
+            check_solver(params["solver"])
         if params.get("dtype") is not None:
             try:
                 params["dtype"] = np.dtype(params["dtype"]).name
@@ -194,12 +177,7 @@ class ContinualClassifier(LabelledClassifier):
 
     def _check_x_host(self, x: Any, name: str = "x") -> Any:
         """Validated features; host input stays on the host until :func:`prepare_batch`."""
-        x = as_features(x, name, allow_nd=self._input_axes > 1)
-        x = check_feature_layout(x, name, None, allow_empty=False)
-        if self._state is not None:
-            self._check_dim(x.shape[1], self.n_features_in_)
-        check_finite_entries(x, name)
-        return x
+        return self._check_input(x, self.n_features_in_ if self._state is not None else None, name)
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[1]
@@ -214,12 +192,6 @@ class ContinualClassifier(LabelledClassifier):
     def _scores(self, x: Any) -> jax.Array:
         return self._decision(self._state, self._check_x(x))
 
-    def _refuse_changed(self, params: dict[str, Any]) -> None:
-        changed = sorted(k for k, v in params.items() if not _same_value(v, self._fit_params[k]))
-        if changed:
-            raise ValueError(f"{', '.join(changed)} changed (set_params) since this {type(self).__name__}'s state "
-                             "was built with other values; call fit to start over with the new ones")
-
     # -- scikit-learn verbs ----------------------------------------------------------------------------------
     @property
     def n_features_in_(self) -> int:
@@ -230,7 +202,7 @@ class ContinualClassifier(LabelledClassifier):
         """Learn one batch/phase. ``classes`` (all labels, or their count) fixes the label set and output width."""
         params = self._checked_params()
         if self._state is not None:
-            self._refuse_changed(params)
+            self._refuse_changed(params, self._fit_params)
         else:
             self._fit_params = params
         x = self._check_x_host(x)
@@ -257,22 +229,13 @@ class ContinualClassifier(LabelledClassifier):
         self._state, self._labels, self._declared = new_state, labels, declared
         return self
 
-    def fit(self, x: Any, y: Any, classes: Any = None) -> ContinualClassifier:
-        """Forget everything and learn ``(x, y)`` as a single phase (with the current arguments); on error the
-        previous fit is kept."""
-        fresh = type(self)(**self.get_params(deep=False))
-        fresh.partial_fit(x, y, classes=classes)
-        self._state, self._labels, self._declared = fresh._state, fresh._labels, fresh._declared
-        self._fit_params = fresh._fit_params
-        return self
-
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, path: str, overwrite: bool = False) -> None:
         """Write the state, the constructor arguments (those the state was built with) and the label map with
         :func:`analytic.save_state` (digest-verified; an overwrite leaves the old or the new checkpoint loadable
         whenever it is interrupted)."""
         self._require_fitted()
-        self._refuse_changed(self._checked_params())
+        self._refuse_changed(self._checked_params(), self._fit_params)
         params = {k: (_FROM_STATE if k in self._state_params and v is not None else _json_value(v))
                   for k, v in self.get_params(deep=False).items()}
         metadata = {

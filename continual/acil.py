@@ -137,12 +137,6 @@ class ACIL(ContinualClassifier):
         super().__init__(gamma=gamma, buffer_size=buffer_size, activation=activation, buffer_init=buffer_init,
                          seed=seed, dtype=dtype, solver=solver, buffer=buffer)
 
-    def _checked_params(self) -> dict[str, Any]:
-        params = super()._checked_params()
-        params["gamma"] = check_gamma(params["gamma"])
-        check_solver(params["solver"])
-        return params
-
     @property
     def coef_(self) -> jax.Array:
         """Head weights ``(buffer_size, c)``."""

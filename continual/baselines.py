@@ -24,8 +24,8 @@ import optax
 from analytic import AnalyticLinear, GramStats, RandomBuffer, gram_init, gram_update, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
 from analytic.health import check_committed, overflowing_rows
-from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_features, as_label_vector, encode_labels
-from analytic.validation import check_feature_layout, check_features, check_gamma, check_labels
+from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_label_vector, encode_labels
+from analytic.validation import check_features, check_gamma, check_labels
 from continual._wrapper import positive_int
 
 __all__ = ["JointRidge", "SLDAState", "slda_init", "slda_update", "slda_predict", "SLDA", "FineTune"]
@@ -128,28 +128,18 @@ class SLDA(LabelledClassifier):
 
     def partial_fit(self, x: Any, y: Any, classes: Any = None) -> SLDA:
         shrinkage = self._checked_shrinkage()
-        if self._state is not None and shrinkage != self._fit_shrinkage:
-            raise ValueError("shrinkage changed (set_params) since the fit; call fit to start over")
-        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
         if self._state is not None:
-            self._check_dim(x.shape[1], self._state.stats.dim)
+            self._refuse_changed({"shrinkage": shrinkage}, {"shrinkage": self._fit_shrinkage})
+        x = self._check_input(x, self._state.stats.dim if self._state is not None else None)
         labels, ids, declared = encode_labels(self._labels, as_label_vector(y), classes, self._declared)
         state = self._state if self._state is not None else slda_init(x.shape[1], self.dtype)
         new_state = slda_update(state, x, ids)  # validated first: an error changes nothing
         self._state, self._labels, self._declared, self._fit_shrinkage = new_state, labels, declared, shrinkage
         return self
 
-    def fit(self, x: Any, y: Any, classes: Any = None) -> SLDA:
-        """Forget everything and learn ``(x, y)``; on error the previous fit is kept."""
-        fresh = SLDA(**self.get_params(deep=False)).partial_fit(x, y, classes)
-        self._state, self._labels, self._declared = fresh._state, fresh._labels, fresh._declared
-        self._fit_shrinkage = fresh._fit_shrinkage
-        return self
-
     def _scores(self, x: Any) -> jax.Array:
-        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
-        self._check_dim(x.shape[1], self._state.stats.dim)
-        return slda_predict(self._state, check_features(x), self._fit_shrinkage)
+        x = self._check_input(x, self._state.stats.dim)
+        return slda_predict(self._state, jnp.asarray(x), self._fit_shrinkage)
 
 
 # -- fine-tuning with optional replay --------------------------------------------------------------------------------
@@ -251,21 +241,12 @@ class FineTune(LabelledClassifier):
     def _width(self) -> int:
         return 0 if self._head is None else int(self._head["b_out"].shape[0])
 
-    def fit(self, x: Any, y: Any, classes: Any = None) -> FineTune:
-        """Forget everything and train on ``(x, y)``; on error the previous fit is kept."""
-        fresh = FineTune(**self.get_params(deep=False)).partial_fit(x, y, classes)
-        self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k.startswith("_")})
-        return self
-
     def partial_fit(self, x: Any, y: Any, classes: Any = None) -> FineTune:
         """Train on ``x: (n, d)``, ``y: (n,)`` (and the replay buffer); inputs are checked before any change."""
         params = self._checked()
-        if self._head is not None and params != self._fit_params:
-            raise ValueError("arguments changed (set_params) since the fit; call fit to start over")
-        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
         if self._head is not None:
-            self._check_dim(x.shape[1], self.n_features_in_)
-        x = check_features(x)
+            self._refuse_changed(params, self._fit_params)
+        x = self._check_input(x, self.n_features_in_ if self._head is not None else None)
         with np.errstate(over="ignore"):
             x32 = np.asarray(x, np.float32)
         # The head trains in float32: refuse rows that overflow the cast or their squares, as every learner does.
@@ -333,6 +314,4 @@ class FineTune(LabelledClassifier):
         return int(self._memory_y.size)
 
     def _scores(self, x: Any) -> jax.Array:
-        x = check_feature_layout(as_features(x), "x", None, allow_empty=False)
-        self._check_dim(x.shape[1], self.n_features_in_)
-        return _head_logits(self._head, jnp.asarray(check_features(x), jnp.float32))
+        return _head_logits(self._head, jnp.asarray(self._check_input(x, self.n_features_in_), jnp.float32))

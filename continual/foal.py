@@ -296,8 +296,6 @@ class FOAL(ContinualClassifier):
 
     def _checked_params(self) -> dict[str, Any]:
         p = super()._checked_params()
-        p["gamma"] = check_gamma(p["gamma"])
-        check_solver(p["solver"])
         check_inputs_option(p["inputs"])
         p["batch_size"] = positive_int(p["batch_size"], "batch_size")
         # LayerNorm affine kept as lists so that the options stay JSON-storable in checkpoints.

@@ -193,8 +193,6 @@ class GACL(ContinualClassifier):
 
     def _checked_params(self) -> dict[str, Any]:
         params = super()._checked_params()
-        params["gamma"] = check_gamma(params["gamma"])
-        check_solver(params["solver"])
         params["online_iter"] = positive_int(params["online_iter"], "online_iter")
         return params
 
