@@ -21,7 +21,8 @@ from federated import partition
 
 DEFAULTS: dict[str, Any] = {
     "method": "afl",  # "afl" (one round, waves for late clients) or "deepafl" (2T+1 rounds)
-    "dataset": "digits",  # "digits" or "synthetic"
+    "dataset": "digits",  # "digits", "synthetic" or "features" (the .npz file named by features-file)
+    "features-file": "",  # features only: x_train, y_train, x_test, y_test (continual.data.save_feature_file)
     "rows": 3000, "dim": 32, "classes": 10,  # synthetic only
     "data-seed": 0, "test-fraction": 0.2,
     "partitioner": "dirichlet", "alpha": 0.5, "min-size": 5, "partition-seed": 0,
@@ -41,8 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "output-dir": "",  # if set, the server writes result.json and result.npz there
 }
 
-CLIENT_KEYS = ("dataset", "rows", "dim", "classes", "data-seed", "test-fraction", "partitioner", "alpha",
-               "min-size", "partition-seed", "num-partitions", "client-dtype", "gamma", "faults", "round-timeout")
+CLIENT_KEYS = ("dataset", "features-file", "rows", "dim", "classes", "data-seed", "test-fraction", "partitioner",
+               "alpha", "min-size", "partition-seed", "num-partitions", "client-dtype", "gamma", "faults",
+               "round-timeout")
 
 
 def resolve_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -93,8 +95,20 @@ class Split(NamedTuple):
 
 
 def load_split(config: Mapping[str, Any]) -> Split:
-    """The whole train/test split of the configured dataset (deterministic in ``data-seed``)."""
+    """The whole train/test split of the configured dataset (deterministic in ``data-seed``).
+
+    ``features`` keeps the file's own train/test split (``test-fraction`` and ``data-seed`` do not apply): a
+    feature file made once from real data (e.g. ``continual.data.features.fashion_mnist_features``) is what every
+    client and the server then read.
+    """
     name, seed = config["dataset"], int(config["data-seed"])
+    if name == "features":
+        from continual.data import load_feature_file
+
+        if not config["features-file"]:
+            raise ValueError("run-config dataset='features' needs 'features-file' (an .npz feature file)")
+        data = load_feature_file(config["features-file"])
+        return Split(data.x_train, data.y_train, data.x_test, data.y_test, data.classes)
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -106,7 +120,7 @@ def load_split(config: Mapping[str, Any]) -> Split:
         x = rng.standard_normal((int(config["rows"]), int(config["dim"])))
         y = np.argmax(x @ rng.standard_normal((x.shape[1], classes)), axis=1).astype(np.int64)
     else:
-        raise ValueError(f"run-config 'dataset' must be 'digits' or 'synthetic', got {name!r}")
+        raise ValueError(f"run-config 'dataset' must be 'digits', 'synthetic' or 'features', got {name!r}")
     order = np.random.default_rng(seed + 1).permutation(x.shape[0])
     n_test = int(round(float(config["test-fraction"]) * x.shape[0]))
     test, train = order[:n_test], order[n_test:]

@@ -259,3 +259,22 @@ def test_local_federation_checks_its_arguments_without_starting_anything():
     assert [_toml_value(v) for v in (True, 3, 0.5, "/tmp/x")] == ["true", "3", "0.5", "'/tmp/x'"]
     with pytest.raises(ValueError, match="whitespace"):
         _toml_value("a b")
+
+
+def test_features_dataset_reads_the_feature_file_split_and_partitions_it(tmp_path):
+    from continual.data import Split, save_feature_file
+
+    rng = np.random.default_rng(0)
+    split = Split(rng.standard_normal((60, 5)).astype(np.float32), rng.integers(0, 4, 60),
+                  rng.standard_normal((20, 5)).astype(np.float32), rng.integers(0, 4, 20))
+    path = save_feature_file(tmp_path / "feats.npz", split)
+    config = task.resolve_config({}, {"dataset": "features", "features-file": str(path), "alpha": 1.0,
+                                      "min-size": 1})
+    loaded = task.load_split(config)
+    for got, want in zip(loaded[:4], split):
+        np.testing.assert_array_equal(got, want)
+    assert loaded.classes == 4
+    parts = [task.load_partition(config, k, 3) for k in range(3)]
+    assert sum(len(y) for _, y, _ in parts) == 60
+    with pytest.raises(ValueError, match="features-file"):
+        task.load_split(task.resolve_config({}, {"dataset": "features"}))
