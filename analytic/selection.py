@@ -83,10 +83,11 @@ def select_gamma(
 ) -> GammaSelection:
     """Pick γ (and a buffer width) by held-out accuracy of the ridge head on ``(x, y)``.
 
-    ``(x, y)`` is split once, stratified by label, into ``1 - validation_fraction`` for fitting and the rest for
-    scoring (``sklearn.model_selection.train_test_split`` with ``seed``). For each entry of ``buffer_sizes`` the
-    features go through ``RandomBuffer(d, size, activation, buffer_seed, buffer_init)`` -- the buffer a learner
-    built with the same arguments draws, so the choice is made on the features it will see -- or are used as given
+    ``(x, y)`` is split once, stratified by label (the rows of a class seen once stay on the fitting side), into
+    ``1 - validation_fraction`` for fitting and the rest for scoring (``sklearn.model_selection.train_test_split``
+    with ``seed``). For each entry of ``buffer_sizes`` the features go through
+    ``RandomBuffer(d, size, activation, buffer_seed, buffer_init)`` -- the buffer a learner built with the same
+    arguments draws, so the choice is made on the features it will see -- or are used as given
     for ``None``. Every γ of the grid is then solved from one decomposition (:func:`ridge_path`). The best held-out
     accuracy wins; ties go to the larger γ, then the smaller buffer. ``dtype`` defaults to the dtype policy's
     (float64 when x64 is enabled).
@@ -103,8 +104,12 @@ def select_gamma(
     if not buffer_sizes:
         raise ValueError("buffer_sizes must hold at least one entry (None = no buffer)")
     labels, y_ids = np.unique(y, return_inverse=True)
-    x_fit, x_val, y_fit, y_val = train_test_split(x, y_ids, test_size=validation_fraction, random_state=seed,
-                                                  stratify=y_ids)
+    # A class with a single row cannot be stratified (an online stream's first task can hold such blurry
+    # leftovers): its rows stay on the fitting side.
+    single = np.bincount(y_ids)[y_ids] < 2
+    x_fit, x_val, y_fit, y_val = train_test_split(x[~single], y_ids[~single], test_size=validation_fraction,
+                                                  random_state=seed, stratify=y_ids[~single])
+    x_fit, y_fit = np.concatenate([x_fit, x[single]]), np.concatenate([y_fit, y_ids[single]])
     table: list[tuple[int | None, float, float]] = []
     for size in buffer_sizes:
         if size is None:

@@ -81,3 +81,12 @@ def test_select_gamma_refuses_bad_arguments():
         select_gamma(x, y, buffer_sizes=())
     with pytest.raises(ValueError, match="x must be"):
         select_gamma(x, y[:-1])
+
+
+def test_select_gamma_keeps_single_row_classes_on_the_fitting_side():
+    x, y = _clusters(4, n=200)
+    y = y.copy()
+    y[0] = 7  # one row of a class seen once, as in the first task of a blurry online stream
+    result = select_gamma(x, y, gammas=[1.0])
+    assert result.train_rows + result.validation_rows == 200
+    assert result.validation_rows == round(0.2 * 199)
