@@ -30,20 +30,21 @@ GAMMA = 1.0
 ONLINE_BATCH = 32
 
 
-def _learners(buffer: int, classes: int, replay: int) -> dict[str, Any]:
+def learners(buffer: int, classes: int, replay: int, gamma: float = GAMMA) -> dict[str, Any]:
+    """name -> factory of every learner the continual benchmarks compare (one γ for every analytic head)."""
     from continual import ACIL, AIR, DSAL, FOAL, GACL
     from continual.baselines import SLDA, FineTune, JointRidge
     from continual.runner import FeaturesAsOneBlock
 
     return {
-        "ACIL": lambda: ACIL(GAMMA, buffer_size=buffer),
-        "DS-AL": lambda: DSAL(GAMMA, GAMMA, compensation_ratio=0.6, buffer_size=buffer),
-        "GACL": lambda: GACL(GAMMA, buffer_size=buffer),
-        "F-OAL": lambda: FeaturesAsOneBlock(FOAL(GAMMA, projection_dim=buffer, batch_size=10)),
+        "ACIL": lambda: ACIL(gamma, buffer_size=buffer),
+        "DS-AL": lambda: DSAL(gamma, gamma, compensation_ratio=0.6, buffer_size=buffer),
+        "GACL": lambda: GACL(gamma, buffer_size=buffer),
+        "F-OAL": lambda: FeaturesAsOneBlock(FOAL(gamma, projection_dim=buffer, batch_size=10)),
         # Full per-class Grams cost c·d² memory and c·d²·b flops per batch: on many classes AIR keeps the diagonal
         # statistics (O(d² + c·d)) instead.
-        "AIR": lambda: AIR(GAMMA, buffer_size=buffer, statistics="full" if classes <= 20 else "diagonal"),
-        "joint ridge": lambda: JointRidge(GAMMA, buffer_size=buffer),
+        "AIR": lambda: AIR(gamma, buffer_size=buffer, statistics="full" if classes <= 20 else "diagonal"),
+        "joint ridge": lambda: JointRidge(gamma, buffer_size=buffer),
         "SLDA": lambda: SLDA(1e-4),
         "fine-tune": lambda: FineTune(hidden=0, epochs=5, seed=0),
         f"replay {replay}": lambda: FineTune(hidden=0, epochs=5, replay=replay, seed=0),
@@ -92,7 +93,7 @@ def _protocols(datasets: dict, quick: bool) -> tuple[list[dict], dict]:
         ci = class_incremental(split.y_train, base, phases, seed=0)
         blurry = si_blurry(split.y_train, tasks=5, disjoint_ratio=0.5, blurry_ratio=0.1, seed=0)
         replay = max(100, split.y_train.size // 10)
-        makers = _learners(buffer, classes, replay)
+        makers = learners(buffer, classes, replay)
         for learner_name, make in tqdm(makers.items(), desc=name):
             learner = make()
             t0 = time.perf_counter()
@@ -199,7 +200,8 @@ def _speed(quick: bool) -> dict[str, Any]:
     return out
 
 
-def _plot(curves: dict, out: Path) -> Path:
+def plot_curves(curves: dict, out: Path, filename: str = "continual") -> Path:
+    """One panel per stream: accuracy on the classes seen so far, per phase (CIL) or per stream sample (online)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,7 +221,7 @@ def _plot(curves: dict, out: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = save_figure(fig, "continual", out)
+    path = save_figure(fig, filename, out)
     plt.close(fig)
     return path
 
@@ -248,6 +250,6 @@ def main(argv: list[str]) -> dict:
     if not args.skip_speed:
         figures["speed"] = _speed(args.quick)
         print_table([figures["speed"]], list(figures["speed"]), floatfmt="{:.3g}")
-    figures["plot"] = _plot(curves, args.out)
+    figures["plot"] = plot_curves(curves, args.out)
     write_results("continual", figures, args.out)
     return figures

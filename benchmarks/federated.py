@@ -91,7 +91,10 @@ def afl_cell(x, y, xte, yte, parts, gamma: float) -> dict[str, float]:
     return {"AFL": accuracy(afl.predict(w_ri, xte), yte), "AFL (no RI)": accuracy(afl.predict(w_raw, xte), yte)}
 
 
-def accuracy_grid(data, clients_list, quick: bool, deep_kw: dict, fed_kw: dict) -> tuple[list[dict], dict]:
+def accuracy_grid(data, clients_list, quick: bool, deep_kw: dict, fed_kw: dict,
+                  gamma: float | dict[str, float] = 1.0) -> tuple[list[dict], dict]:
+    """AFL (with and without RI), DeepAFL, FedAvg, FedProx and the centralized ridge in every (data, K, α) cell;
+    ``gamma`` is the ridge γ of AFL and the centralized fit, one value or one per data set."""
     from analytic import ridge_fit
     from federated import baselines, deepafl
 
@@ -100,7 +103,7 @@ def accuracy_grid(data, clients_list, quick: bool, deep_kw: dict, fed_kw: dict) 
     deep_acc: dict[str, float] = {}
     central: dict[str, float] = {}
     for name, (x, y, xte, yte) in data.items():
-        w = ridge_fit(x, y, 1.0)
+        w = ridge_fit(x, y, gamma[name] if isinstance(gamma, dict) else gamma)
         central[name] = accuracy(np.argmax(np.asarray(xte) @ np.asarray(w), axis=1), yte)
         t0 = time.perf_counter()
         model = deepafl.DeepAFL(**deep_kw).fit(x.astype(np.float32), y)
@@ -123,7 +126,7 @@ def accuracy_grid(data, clients_list, quick: bool, deep_kw: dict, fed_kw: dict) 
         x, y, xte, yte = data[name]
         parts = parts_for(y, k, alpha)
         row = {"data": name, "clients": k, "alpha": alpha, "centralized": central[name], "DeepAFL": deep_acc[name]}
-        row.update(afl_cell(x, y, xte, yte, parts, gamma=1.0))
+        row.update(afl_cell(x, y, xte, yte, parts, gamma=gamma[name] if isinstance(gamma, dict) else gamma))
         kw = dict(fed_kw, client_fraction=max(0.1, min(1.0, 10 / k)), eval_data=(xte, yte))
         row["FedAvg"] = baselines.fedavg(x, y, parts, classes=int(y.max()) + 1, **kw).history[-1][1]
         row["FedProx"] = baselines.fedprox(x, y, parts, mu=0.01, classes=int(y.max()) + 1, **kw).history[-1][1]
