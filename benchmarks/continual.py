@@ -30,8 +30,12 @@ GAMMA = 1.0
 ONLINE_BATCH = 32
 
 
-def learners(buffer: int, classes: int, replay: int, gamma: float = GAMMA) -> dict[str, Any]:
-    """name -> factory of every learner the continual benchmarks compare (one γ for every analytic head)."""
+def learners(buffer: int, classes: int, replay: int, gamma: float = GAMMA,
+             air_statistics: str | None = None) -> dict[str, Any]:
+    """name -> factory of every learner the continual benchmarks compare (one γ for every analytic head).
+
+    air_statistics: AIR's ``statistics`` option; by default ``"full"`` up to 20 classes, ``"diagonal"`` above.
+    """
     from continual import ACIL, AIR, DSAL, FOAL, GACL
     from continual.baselines import SLDA, FineTune, JointRidge
     from continual.runner import FeaturesAsOneBlock
@@ -43,7 +47,8 @@ def learners(buffer: int, classes: int, replay: int, gamma: float = GAMMA) -> di
         "F-OAL": lambda: FeaturesAsOneBlock(FOAL(gamma, projection_dim=buffer, batch_size=10)),
         # Full per-class Grams cost c·d² memory and c·d²·b flops per batch: on many classes AIR keeps the diagonal
         # statistics (O(d² + c·d)) instead.
-        "AIR": lambda: AIR(gamma, buffer_size=buffer, statistics="full" if classes <= 20 else "diagonal"),
+        "AIR": lambda: AIR(gamma, buffer_size=buffer, statistics=air_statistics or (
+            "full" if classes <= 20 else "diagonal")),
         "joint ridge": lambda: JointRidge(gamma, buffer_size=buffer),
         "SLDA": lambda: SLDA(1e-4),
         "fine-tune": lambda: FineTune(hidden=0, epochs=5, seed=0),
