@@ -14,7 +14,8 @@ Features are cached on disk (``continual.data.features``), keyed by encoder, dat
    25 + 20 phases -- and the Si-Blurry online stream (5 tasks, 50% disjoint, 10% blurry, batches of 32), for
    ACIL, DS-AL, GACL, F-OAL, AIR, joint ridge, SLDA, fine-tuning and replay: A_avg, A_last, forgetting, A_auc,
    and the class-balanced accuracy after the last phase (the metric AIR targets; AIR keeps its exact per-class
-   Grams where they fit in :data:`AIR_FULL_BYTES`).
+   Grams where they fit in :data:`AIR_FULL_BYTES`, and normalizes π to mean 1 as the authors' code does, so that
+   the shared γ regularizes it as much as the others: without that, π_c = 1/n_c shrinks its Gram by ≈ n_c).
    **γ and buffer rule** (:func:`analytic.selection.select_gamma`): on the *base phase's training rows only*, an
    80/20 stratified split, the ReLU buffer the learners use, γ on every decade 1e-2 … 1e4 and the buffer widths
    of :data:`BUFFERS`; highest held-out accuracy, ties to the larger γ. The one-class-per-phase Fashion stream has
@@ -116,7 +117,8 @@ def cil_section(data: dict[str, dict[str, Any]], quick: bool,
             # AIR's exact class-balanced statistics (one d×d Gram per class) wherever they fit in AIR_FULL_BYTES;
             # the diagonal approximation otherwise (recorded in the row).
             air = "full" if classes * chosen["buffer"] ** 2 * 8 <= AIR_FULL_BYTES else "diagonal"
-            makers = learners(chosen["buffer"], classes, replay, gamma=chosen["gamma"], air_statistics=air)
+            makers = learners(chosen["buffer"], classes, replay, gamma=chosen["gamma"], air_statistics=air,
+                              air_normalize=True)
             if only:
                 makers = {k: v for k, v in makers.items() if k in only or k.split()[0] in only}
             for learner_name, make in tqdm(makers.items(), desc=f"{name} {label}"):
