@@ -2,6 +2,7 @@
 (ImageNet-1k weights) and on the 45 WordNet supersenses through all-MiniLM-L6-v2, against their baselines.
 
 ``python -m benchmarks real [--quick] [--sections cil,fl,flower] [--fashion-train N] [--wordnet-per-class K]``
+(``--render RECORD.json`` prints a record's tables as Markdown)
 
 Data and encoders (all offline): Fashion-MNIST from Debian ``dataset-fashion-mnist`` (the first ``--fashion-train``
 / ``--fashion-test`` images of the official splits), bilinear-resized to 64×64 and encoded by the frozen
@@ -215,6 +216,7 @@ def flower_section(item: dict[str, Any], gamma: float, out_dir: Any, clients: in
 
 def main(argv: list[str]) -> dict:
     p = parser("real", __doc__.splitlines()[0])
+    p.add_argument("--render", default=None, help="print the Markdown tables of a record (real.json) and exit")
     p.add_argument("--sections", default="cil,fl,flower", help="comma-separated subset of cil,fl,flower")
     p.add_argument("--fashion-train", type=int, default=None, help="first N training images (default: all 60000; "
                    "--quick 6000)")
@@ -228,6 +230,15 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--cache", default=None, help="feature cache folder (default $ANALYTIC_CACHE or "
                    "~/.cache/analytic-learning/features)")
     args = p.parse_args(argv)
+    if args.render:
+        import json
+        from pathlib import Path
+
+        from benchmarks._real_report import markdown
+
+        record = json.loads(Path(args.render).read_text())
+        print(markdown(record))
+        return record
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if unknown := set(sections) - {"cil", "fl", "flower"}:
         p.error(f"unknown sections {sorted(unknown)}")

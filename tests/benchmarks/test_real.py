@@ -95,3 +95,17 @@ def test_claims_can_fail():
     fl = [{"data": "d", "clients": k, "alpha": 0.1, "AFL": acc, "centralized": 0.9, "AFL (no RI)": 0.89,
            "FedAvg": 0.95, "DeepAFL": 0.5} for k, acc in ((10, 0.9), (100, 0.8))]
     assert not any(c["holds"] for c in _real_claims.evaluate({"fl": fl}))
+
+
+def test_render_prints_every_row_of_the_record(tiny, capsys):
+    import re
+
+    _, figures, out = tiny
+    capsys.readouterr()  # whatever the fixture's run printed
+    real.main(["--render", str(out / "real_quick_cil_fl.json")])
+    tables = [t.splitlines() for t in capsys.readouterr().out.strip().split("\n\n")]
+    gammas = len(figures["cil_gamma"]) + len(figures["fl_gamma"])
+    assert [len(t) - 2 for t in tables] == [len(figures["cil"]), gammas, len(figures["fl"]), len(figures["claims"])]
+    for table in tables:
+        cells = {len(re.split(r"(?<!\\)\|", line)) for line in table}
+        assert len(cells) == 1  # every row has its header's cell count: bars inside cells are escaped
