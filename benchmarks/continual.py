@@ -31,12 +31,14 @@ ONLINE_BATCH = 32
 
 
 def learners(buffer: int, classes: int, replay: int, gamma: float = GAMMA,
-             air_statistics: str | None = None, air_normalize: bool = False) -> dict[str, Any]:
+             air_statistics: str | None = None, air_normalize: bool = False,
+             foal_projection: int | None = None) -> dict[str, Any]:
     """name -> factory of every learner the continual benchmarks compare (one γ for every analytic head).
 
     air_statistics: AIR's ``statistics`` option; by default ``"full"`` up to 20 classes, ``"diagonal"`` above.
     air_normalize: AIR's ``normalize`` (π scaled to mean 1, as the authors' code does); with it AIR's weighted Gram
     has the scale of the plain Gram, so the shared γ means the same for AIR as for the others.
+    foal_projection: F-OAL's sigmoid projection width (default: ``buffer``).
     """
     from continual import ACIL, AIR, DSAL, FOAL, GACL
     from continual.baselines import SLDA, FineTune, JointRidge
@@ -46,7 +48,8 @@ def learners(buffer: int, classes: int, replay: int, gamma: float = GAMMA,
         "ACIL": lambda: ACIL(gamma, buffer_size=buffer),
         "DS-AL": lambda: DSAL(gamma, gamma, compensation_ratio=0.6, buffer_size=buffer),
         "GACL": lambda: GACL(gamma, buffer_size=buffer),
-        "F-OAL": lambda: FeaturesAsOneBlock(FOAL(gamma, projection_dim=buffer, batch_size=10)),
+        "F-OAL": lambda: FeaturesAsOneBlock(FOAL(gamma, projection_dim=foal_projection or buffer,
+                                                           batch_size=10)),
         # Full per-class Grams cost c·d² memory and c·d²·b flops per batch: on many classes AIR keeps the diagonal
         # statistics (O(d² + c·d)) instead.
         "AIR": lambda: AIR(gamma, buffer_size=buffer, normalize=air_normalize, statistics=air_statistics or (

@@ -46,6 +46,9 @@ from benchmarks.common import parser, print_table, write_results
 #: buffer widths the γ rule chooses among (the 1280-d image features need a buffer wider than 1280).
 BUFFERS = {"quick": (1024, 2048), "full": (2048, 4096)}
 ONLINE_BATCH = 32
+#: F-OAL's projection width, the paper's 1000 (768 -> 1000 for ViT-B/16): its recursion runs every 10 rows, and at
+#: the ReLU buffers' 4096 each step moves the 4096² ``R`` several times (10 min per 60,000-row stream here).
+FOAL_PROJECTION = 1000
 #: memory allowed for AIR's per-class float64 Grams (the CI machine class has 24 GiB).
 AIR_FULL_BYTES = 8e9
 
@@ -119,7 +122,7 @@ def cil_section(data: dict[str, dict[str, Any]], quick: bool,
             # the diagonal approximation otherwise (recorded in the row).
             air = "full" if classes * chosen["buffer"] ** 2 * 8 <= AIR_FULL_BYTES else "diagonal"
             makers = learners(chosen["buffer"], classes, replay, gamma=chosen["gamma"], air_statistics=air,
-                              air_normalize=True)
+                              air_normalize=True, foal_projection=FOAL_PROJECTION)
             if only:
                 makers = {k: v for k, v in makers.items() if k in only or k.split()[0] in only}
             for learner_name, make in tqdm(makers.items(), desc=f"{name} {label}"):
