@@ -27,7 +27,7 @@ def continual_table(figures: dict[str, Any]) -> str:
 
 
 def gamma_table(figures: dict[str, Any]) -> str:
-    rows = [[stream, c["gamma"], c["buffer"] or "none", c["train_rows"], c["validation_rows"],
+    rows = [[stream, f"{c['gamma']:g}", c["buffer"] or "none", c["train_rows"], c["validation_rows"],
              max(t["val_accuracy"] for t in c["table"]) * 100]
             for stream, c in {**figures.get("cil_gamma", {}), **figures.get("fl_gamma", {})}.items()]
     return _table(["rows it saw", "γ", "buffer", "fit rows", "validation rows", "validation accuracy"], rows)
@@ -35,7 +35,7 @@ def gamma_table(figures: dict[str, Any]) -> str:
 
 def federated_table(figures: dict[str, Any]) -> str:
     methods = ["centralized", "AFL", "AFL (no RI)", "DeepAFL", "FedAvg", "FedProx"]
-    rows = [[r["data"], r["clients"], r["alpha"], *(100 * r[m] for m in methods)] for r in figures.get("fl", [])]
+    rows = [[r["data"], r["clients"], str(r["alpha"]), *(100 * r[m] for m in methods)] for r in figures.get("fl", [])]
     return _table(["features", "K", "α", *methods], rows)
 
 
@@ -45,7 +45,19 @@ def claims_table(figures: dict[str, Any]) -> str:
     return _table(["pattern", "published", "ours", "holds"], rows)
 
 
+def flower_table(figures: dict[str, Any]) -> str:
+    run = figures.get("flower")
+    if not run:
+        return ""
+    return _table(["Flower clients", "α", "γ", "rows", "test accuracy", "pooled ridge", "vs in-process AFL",
+                   "vs pooled ridge", "seconds"],
+                  [[run["clients"], str(run["alpha"]), f"{run['gamma']:g}", run["rows"], 100 * run["test_accuracy"],
+                    100 * run["pooled_test_accuracy"], f"{run['max_rel_diff_vs_in_process_afl']:.2g}",
+                    f"{run['max_rel_diff_vs_pooled_ridge']:.2g}", run["seconds"]]])
+
+
 def markdown(record: dict[str, Any]) -> str:
     figures = record.get("figures", record)
-    parts = [continual_table(figures), gamma_table(figures), federated_table(figures), claims_table(figures)]
+    parts = [continual_table(figures), gamma_table(figures), federated_table(figures), flower_table(figures),
+             claims_table(figures)]
     return "\n\n".join(p for p in parts if p.count("\n") > 1)
