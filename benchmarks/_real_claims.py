@@ -52,7 +52,8 @@ def _continual_claims(rows: list[dict]) -> list[dict[str, Any]]:
                               f"balanced accuracy AIR {air:.2f} vs ACIL {acil_b:.2f}", air > acil_b))
     for dataset in sorted({r["dataset"] for r in rows if r["scenario"] == "Si-Blurry"}):
         gacl, slda = (_cil(rows, dataset, "Si-Blurry", n, "A_auc") for n in ("GACL", "SLDA"))
-        replay_name = next((r["learner"] for r in rows if r["learner"].startswith("replay")), None)
+        replay_name = next((r["learner"] for r in rows if r["dataset"] == dataset and r["learner"].startswith(
+            "replay")), None)
         replay = _cil(rows, dataset, "Si-Blurry", replay_name, "A_auc") if replay_name else None
         if gacl is not None and slda is not None:
             out.append(_claim(f"GACL beats SLDA on Si-Blurry ({dataset}; A_auc)",

@@ -109,3 +109,10 @@ def test_render_prints_every_row_of_the_record(tiny, capsys):
     for table in tables:
         cells = {len(re.split(r"(?<!\\)\|", line)) for line in table}
         assert len(cells) == 1  # every row has its header's cell count: bars inside cells are escaped
+
+
+def test_replay_claim_finds_each_data_sets_own_replay_size():
+    rows = [{"dataset": d, "scenario": "Si-Blurry", "learner": name, "A_auc": a, "A_last": a}
+            for d, size in (("a", 30), ("b", 20)) for name, a in (("GACL", 60.0), (f"replay {size}", 50.0))]
+    claims = [c for c in _real_claims.evaluate({"cil": rows}) if "replay" in c["claim"]]
+    assert [c["ours"] for c in claims] == ["GACL 60.00 vs replay 30 50.00", "GACL 60.00 vs replay 20 50.00"]
