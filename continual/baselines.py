@@ -68,8 +68,10 @@ def slda_update(state: SLDAState, x: Any, y: Any) -> SLDAState:
     x = check_features(x, dim=state.stats.dim)
     ids = check_labels(y, n=x.shape[0])
     stats = gram_update(state.stats, x, ids)
+    # Counted on the host: a device bincount compiles anew for every batch length.
+    added = np.bincount(np.asarray(ids), minlength=stats.classes)
     counts = jnp.pad(state.counts, (0, stats.classes - state.counts.shape[0]))
-    counts = counts + jnp.bincount(jnp.asarray(ids), length=stats.classes).astype(counts.dtype)
+    counts = counts + jnp.asarray(added, counts.dtype)
     return SLDAState(stats, counts)
 
 
