@@ -100,10 +100,11 @@ def accuracy_grid(data, clients_list, quick: bool, deep_kw: dict, fed_kw: dict,
 
     rows, checks = [], {}
     cells = [(name, k, a) for name in data for k in clients_list for a in ALPHAS]
+    gammas = gamma if isinstance(gamma, dict) else dict.fromkeys(data, gamma)
     deep_acc: dict[str, float] = {}
     central: dict[str, float] = {}
     for name, (x, y, xte, yte) in data.items():
-        w = ridge_fit(x, y, gamma[name] if isinstance(gamma, dict) else gamma)
+        w = ridge_fit(x, y, gammas[name])
         central[name] = accuracy(np.argmax(np.asarray(xte) @ np.asarray(w), axis=1), yte)
         t0 = time.perf_counter()
         model = deepafl.DeepAFL(**deep_kw).fit(x.astype(np.float32), y)
@@ -126,7 +127,7 @@ def accuracy_grid(data, clients_list, quick: bool, deep_kw: dict, fed_kw: dict,
         x, y, xte, yte = data[name]
         parts = parts_for(y, k, alpha)
         row = {"data": name, "clients": k, "alpha": alpha, "centralized": central[name], "DeepAFL": deep_acc[name]}
-        row.update(afl_cell(x, y, xte, yte, parts, gamma=gamma[name] if isinstance(gamma, dict) else gamma))
+        row.update(afl_cell(x, y, xte, yte, parts, gamma=gammas[name]))
         kw = dict(fed_kw, client_fraction=max(0.1, min(1.0, 10 / k)), eval_data=(xte, yte))
         row["FedAvg"] = baselines.fedavg(x, y, parts, classes=int(y.max()) + 1, **kw).history[-1][1]
         row["FedProx"] = baselines.fedprox(x, y, parts, mu=0.01, classes=int(y.max()) + 1, **kw).history[-1][1]

