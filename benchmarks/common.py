@@ -102,6 +102,12 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def max_rel_diff(a: Any, b: Any) -> float:
+    """``max |a − b| / max |b|``: the relative gap of ``a`` from the reference ``b``, in float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
 def best_time(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
     """Minimum wall time of ``fn()`` over ``repeats`` runs (seconds); ``fn`` must block until done."""
     for _ in range(warmup):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.common import parser, print_table, save_figure, write_results
+from benchmarks.common import max_rel_diff, parser, print_table, save_figure, write_results
 
 GAMMA = 1.0
 ONLINE_BATCH = 32
@@ -192,9 +192,6 @@ def _speed(quick: bool) -> dict[str, Any]:
     w_lit, done = numpy_woodbury(buffered(), buffer, classes, gamma, batch, literal=True, max_batches=literal_batches)
     t_lit = (time.perf_counter() - t0) * batches / done
 
-    def rel(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
-
     out = {
         "buffer": buffer, "rows": int(split.y_train.size), "phases": len(phases), "numpy_batch_size": batch,
         "numpy_batches": batches, "core_float64_s": t_core, "core_float32_s": t_core32,
@@ -203,10 +200,11 @@ def _speed(quick: bool) -> dict[str, Any]:
         "speedup_float64_vs_numpy_reassociated": t_np / t_core,
         "speedup_float32_vs_numpy_reassociated": t_np / t_core32,
         "speedup_float64_vs_numpy_literal": t_lit / t_core,
-        "max_rel_w_diff_float64": rel(w_core, w_np), "max_rel_w_diff_float32": rel(w_core32, w_np),
+        "max_rel_w_diff_float64": max_rel_diff(w_core, w_np),
+        "max_rel_w_diff_float32": max_rel_diff(w_core32, w_np),
     }
     if done == batches:
-        out["max_rel_w_diff_literal_vs_reassociated"] = rel(w_lit, w_np)
+        out["max_rel_w_diff_literal_vs_reassociated"] = max_rel_diff(w_lit, w_np)
     return out
 
 

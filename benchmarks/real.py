@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from benchmarks.common import parser, print_table, write_results
+from benchmarks.common import max_rel_diff, parser, print_table, write_results
 
 #: buffer widths the γ rule chooses among (the 1280-d image features need a buffer wider than 1280). Wider buffers
 #: and all 60,000 Fashion-MNIST images (``--fashion-train 60000``) fit the method; on a 2-core CPU the online
@@ -207,15 +207,12 @@ def flower_section(item: dict[str, Any], gamma: float, out_dir: Any, clients: in
     x = split.x_train.astype(np.float64)
     pooled = np.linalg.solve(x.T @ x + gamma * np.eye(x.shape[1]), x.T @ np.eye(split.classes)[split.y_train])
 
-    def rel(a: np.ndarray, b: np.ndarray) -> float:
-        return float(np.abs(a - b).max() / np.abs(b).max())
-
     return {"clients": clients, "alpha": 0.1, "gamma": gamma, "seconds": seconds,
             "merged_partitions": len(report["merged_partitions"]), "rows": report["count"],
             "test_accuracy": report["test_accuracy"],
             "pooled_test_accuracy": float(np.mean(np.argmax(split.x_test @ pooled, 1) == split.y_test)),
-            "max_rel_diff_vs_in_process_afl": rel(weight, reference),
-            "max_rel_diff_vs_pooled_ridge": rel(weight, pooled),
+            "max_rel_diff_vs_in_process_afl": max_rel_diff(weight, reference),
+            "max_rel_diff_vs_pooled_ridge": max_rel_diff(weight, pooled),
             "client_sizes": [int(len(p)) for p in parts]}
 
 
