@@ -8,12 +8,22 @@ factor -- ``scipy.linalg.cho_solve(cho_factor(A + γI), B)`` is the SciPy equiva
 does) can lose definiteness, and Cholesky then produces NaN. ``ridge_solve`` detects that on the host and
 re-solves with ``eigh``: eigenvalues of ``A + γI`` below ``eps·λ_max·d`` are clipped to that floor, i.e. the
 answer is the ridge solution of the nearest well-posed SPD system. Both that fallback and a merely
-ill-conditioned factor (pivot-ratio estimate ``κ̂ = (max Lᵢᵢ / min Lᵢᵢ)²`` above ``warn_cond``) raise a
-:class:`RidgeSolveWarning`, never silently.
+ill-conditioned system (condition estimate ``κ̂`` above ``warn_cond``) raise a :class:`RidgeSolveWarning`, never
+silently.
+
+**Condition estimate.** The Cholesky pivot ratio ``(max Lᵢᵢ / min Lᵢᵢ)²`` is a lower bound of ``κ(A + γI)`` that
+can miss by orders of magnitude: on a rank-deficient Gram (fewer rows than buffer units, the usual continual
+setting) it read 1.2e3 where ``κ = 1.7e6``, and the float32 ACIL head it let pass silently agreed with float64 on
+9% of the predictions. ``ridge_solve`` therefore also solves for :data:`PROBES` fixed random right-hand sides ``Z``
+in the same factorization and takes ``κ̂ = max(pivot ratio, λ̂_max / λ̂_min)`` with ``λ̂_max`` from a few block power
+steps on ``A + γI`` and ``λ̂_min = (‖Z‖_F / ‖(A + γI)⁻¹Z‖_F)`` -- the RMS of ``1/λᵢ`` over random directions, which
+never undershoots ``λ_min`` (so ``κ̂ ≤ κ``: no false alarm) and is within ``√d`` of it, exact in the common case
+where many eigenvalues sit at ``γ``. Cost: ``O(d²)`` per probe, nothing next to the ``d³/3`` factorization.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from functools import partial
 from typing import Any
@@ -31,6 +41,8 @@ __all__ = ["RidgeSolveWarning", "ridge_solve", "ridge_fit", "cholesky_ridge_solv
 
 #: default κ̂ above which a solve warns, by dtype: about half the significant digits are at risk beyond it.
 WARN_COND = {np.dtype(np.float64): 1e10, np.dtype(np.float32): 1e5}
+#: random right-hand sides solved beside ``B`` for the condition estimate (module docstring), and power steps.
+PROBES, POWER_STEPS = 4, 8
 
 
 class RidgeSolveWarning(RuntimeWarning):
@@ -101,7 +113,10 @@ def ridge_solve(
     if xty.dtype != xtx.dtype:
         xty = xty.astype(xtx.dtype)
     vector = xty.ndim == 1
-    w, kappa = cholesky_ridge_solve(xtx, xty[:, None] if vector else xty, gamma)
+    rhs = xty[:, None] if vector else xty
+    probes = _probes(xtx.shape[0], xtx.dtype)
+    w, kappa = cholesky_ridge_solve(xtx, jnp.concatenate([rhs, probes], axis=1), gamma)
+    w, kappa = _condition_estimate(xtx, w, probes, gamma, kappa)
     w = w[:, 0] if vector else w
     # One scalar read: κ̂ is NaN both for corrupt statistics and for a failed factorization; tell them apart.
     kappa = float(kappa)
@@ -117,11 +132,34 @@ def ridge_solve(
     limit = WARN_COND.get(np.dtype(xtx.dtype), 1e5) if warn_cond is None else warn_cond
     if kappa > limit:
         warnings.warn(
-            f"ridge_solve: XᵀX + γI is ill-conditioned (pivot-ratio estimate κ̂ ≈ {kappa:.2e} > {limit:.0e},"
+            f"ridge_solve: XᵀX + γI is ill-conditioned (condition estimate κ̂ ≈ {kappa:.2e} > {limit:.0e},"
             f" {xtx.dtype}); the solution may have lost accuracy -- raise γ or use float64",
             RidgeSolveWarning, stacklevel=2,
         )
     return w
+
+
+@functools.lru_cache(maxsize=16)
+def _probes(d: int, dtype: Any) -> jax.Array:
+    # Fixed (seeded) directions: the same system always gets the same estimate and the same warning.
+    return jnp.asarray(np.random.default_rng(0).standard_normal((d, PROBES)), dtype)
+
+
+@jax.jit
+def _condition_estimate(a: jax.Array, solved: jax.Array, probes: jax.Array, gamma: Any, pivot_kappa: jax.Array
+                        ) -> tuple[jax.Array, jax.Array]:
+    """``(W, κ̂)`` from the solve of ``[B, Z]``: ``W`` its first columns, ``κ̂ = max(pivot ratio, λ̂max / λ̂min)``
+    (module docstring); NaN stays NaN."""
+    k = probes.shape[1]
+    w, inverse_z = solved[:, :-k], solved[:, -k:]
+    m = lambda v: jnp.matmul(a, v, precision=HIGHEST) + gamma * v  # noqa: E731 - (A + γI) v without forming it
+    v = probes
+    for _ in range(POWER_STEPS):
+        v = m(v / jnp.linalg.norm(v, axis=0, keepdims=True))
+    lam_max = jnp.max(jnp.linalg.norm(v, axis=0))
+    lam_min = jnp.linalg.norm(probes) / jnp.linalg.norm(inverse_z)
+    kappa = jnp.maximum(pivot_kappa, lam_max / lam_min)
+    return w, jnp.where(jnp.isfinite(pivot_kappa), kappa, pivot_kappa)
 
 
 @jax.jit

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from analytic import RidgeSolveWarning, ridge_fit, ridge_solve
+from analytic.solve import cholesky_ridge_solve
 
 from .helpers import joint_ridge, rel_err
 
@@ -66,3 +67,37 @@ def test_ridge_solve_refuses_bad_shapes():
         ridge_solve(jnp.ones((3, 4)), jnp.ones((3, 1)), 1.0)
     with pytest.raises(ValueError, match="xty"):
         ridge_solve(jnp.eye(3), jnp.ones((4, 1)), 1.0)
+
+
+def _spd(d: int, spectrum: np.ndarray, seed: int) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((d, d)))
+    return 0.5 * ((q * spectrum) @ q.T + ((q * spectrum) @ q.T).T)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_condition_estimate_brackets_the_true_condition_number(seed):
+    # κ̂ never exceeds κ (both the pivot ratio and λ̂max/λ̂min are one-sided) and undershoots by at most √d.
+    from analytic.solve import _condition_estimate, _probes
+
+    d, gamma = 60, 1e-3
+    rng = np.random.default_rng(seed)
+    spectrum = np.concatenate([10 ** rng.uniform(-2, 4, d - 20), np.zeros(20)])  # rank-deficient, like n < d
+    a = _spd(d, spectrum, seed)
+    kappa = (spectrum.max() + gamma) / (spectrum.min() + gamma)
+    probes = _probes(d, np.float64)
+    solved, pivot = cholesky_ridge_solve(a, jnp.concatenate([jnp.ones((d, 2)), probes], axis=1), gamma)
+    _, estimate = _condition_estimate(jnp.asarray(a), solved, probes, gamma, pivot)
+    assert kappa / np.sqrt(d) <= float(estimate) <= kappa * (1 + 1e-6)
+    assert float(estimate) >= float(pivot)
+
+
+def test_float32_rank_deficient_gram_warns_where_the_pivot_ratio_alone_is_silent():
+    # Fewer rows than features (the continual setting: a wide buffer): the Cholesky pivots stay within 1e3 of each
+    # other although κ(A + γI) = 1e6, where float32 keeps about one significant digit.
+    d, gamma = 200, 1e-2
+    spectrum = np.concatenate([np.logspace(4, 2, 80), np.zeros(d - 80)])
+    a = _spd(d, spectrum, 7).astype(np.float32)
+    _, pivot = cholesky_ridge_solve(jnp.asarray(a), jnp.ones((d, 1), jnp.float32), gamma)
+    assert float(pivot) < 1e5  # the old estimate would not have warned
+    with pytest.warns(RidgeSolveWarning, match="ill-conditioned"):
+        ridge_solve(a, np.ones((d, 3), np.float32), gamma)
