@@ -1,4 +1,5 @@
-"""Analytic continual learners (ACIL, DS-AL, GACL, F-OAL, AIR) with scenarios, metrics and baselines."""
+"""Analytic continual learners (ACIL, DS-AL, GACL, F-OAL, AIR), closed-form peers (RanPAC, NCM, FeCAM) and the
+multi-label L3A, with scenarios, metrics and baselines."""
 
 from analytic.lazy import lazy_namespace
 
@@ -9,6 +10,9 @@ _EXPORTS: dict[str, str] = {
     "GACL": "continual.gacl",
     "FOAL": "continual.foal",
     "AIR": "continual.air",
+    "RanPAC": "continual.prototypes",
+    "NCM": "continual.prototypes",
+    "FeCAM": "continual.prototypes",
 }
 
 __getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS, globals())
