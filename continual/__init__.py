@@ -13,6 +13,7 @@ _EXPORTS: dict[str, str] = {
     "RanPAC": "continual.prototypes",
     "NCM": "continual.prototypes",
     "FeCAM": "continual.prototypes",
+    "L3A": "continual.l3a",
 }
 
 __getattr__, __dir__, __all__ = lazy_namespace(__name__, _EXPORTS, globals())
