@@ -35,6 +35,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 
 from analytic import GramStats, RandomBuffer, gram_accumulate, gram_init, load_state, ridge_solve, save_state
 from analytic.buffers import learner_buffer
@@ -158,15 +160,14 @@ def _scores(buffer: RandomBuffer, weight: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.matmul(buffer(x), weight, precision=HIGHEST)
 
 
-class L3A:
-    """L3A with scikit-learn-style verbs: ``partial_fit(x, Y)`` = one task with multi-hot ``Y``.
+class L3A(ClassifierMixin, BaseEstimator):
+    """L3A as a scikit-learn multi-label estimator: ``partial_fit(x, Y)`` = one task with multi-hot ``Y``; ``fit``
+    starts over and learns ``(x, Y)`` as one task.
 
-    ``decision_function`` gives the head's scores, ``predict`` the label sets ``score > decision_threshold``.
-    A call that raises leaves the learner unchanged (the new state is assigned only after a successful update).
+    ``decision_function`` gives the head's scores, ``predict`` the label sets ``score > decision_threshold``
+    (``score`` is scikit-learn's subset accuracy for multi-label targets). A call that raises leaves the learner
+    unchanged (the new state is assigned only after a successful update).
     """
-
-    _PARAMS = ("gamma", "threshold", "pseudo_label", "weighted", "buffer_size", "activation", "buffer_init", "seed",
-               "dtype", "decision_threshold")
 
     def __init__(self, gamma: float = 1.0, *, threshold: float = 0.7, pseudo_label: bool = True,
                  weighted: bool = True, buffer_size: int = 4096, activation: str = "relu",
@@ -178,11 +179,21 @@ class L3A:
         self.state: L3AState | None = None
         self.last_info: L3AInfo | None = None
 
-    def get_params(self) -> dict[str, Any]:
-        params = {k: getattr(self, k) for k in self._PARAMS}
+    def _stored_params(self) -> dict[str, Any]:
+        """The constructor arguments in JSON-storable form (dtype by name)."""
+        params = self.get_params(deep=False)
         if params["dtype"] is not None:
             params["dtype"] = np.dtype(params["dtype"]).name
         return params
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.state is not None
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = False
+        return tags
 
     def _checked(self) -> dict[str, Any]:
         check_gamma(self.gamma)
@@ -192,7 +203,17 @@ class L3A:
         if not 0.0 < float(self.threshold) < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold!r}")
         positive_int(self.buffer_size, "buffer_size")
-        return self.get_params()
+        return self._stored_params()
+
+    def fit(self, x: Any, y: Any) -> L3A:
+        """Start over and learn ``(x, Y)`` as one task (a refused call keeps the previous fit)."""
+        previous, info = self.state, self.last_info
+        self.state = None
+        try:
+            return self.partial_fit(x, y)
+        except Exception:
+            self.state, self.last_info = previous, info
+            raise
 
     def partial_fit(self, x: Any, y: Any) -> L3A:
         """Learn one task (see :func:`update`)."""
@@ -211,7 +232,7 @@ class L3A:
 
     def _require(self) -> L3AState:
         if self.state is None:
-            raise RuntimeError("L3A is not fitted yet; call partial_fit first")
+            raise NotFittedError("this L3A has not been fitted yet; call fit or partial_fit first")
         return self.state
 
     def decision_function(self, x: Any) -> np.ndarray:
@@ -229,7 +250,7 @@ class L3A:
 
     def save(self, path: str, overwrite: bool = False) -> None:
         """State and constructor arguments through :func:`analytic.save_state`."""
-        save_state(path, self._require(), {"learner": "L3A", "params": self.get_params()}, overwrite=overwrite)
+        save_state(path, self._require(), {"learner": "L3A", "params": self._stored_params()}, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> L3A:

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import accuracy_score
 
 from continual import l3a
 from continual.l3a import L3A, class_weights, sample_weights
@@ -165,5 +168,22 @@ def test_bad_arguments(kwargs, match, error):
     t = multi_label_tasks(x, y, 3)[0]
     with pytest.raises(error, match=match):
         L3A(**kwargs).partial_fit(t.x, t.y)
-    with pytest.raises(RuntimeError, match="partial_fit"):
+    with pytest.raises(NotFittedError, match="partial_fit"):
         L3A().predict(x)
+
+
+def test_is_a_scikit_learn_multilabel_estimator():
+    x, y = _data(seed=3)
+    learner = L3A(10.0, buffer_size=32, seed=1)
+    assert repr(learner) == "L3A(buffer_size=32, gamma=10.0, seed=1)"
+    twin = clone(learner).set_params(gamma=1.0)
+    assert twin.gamma == 1.0 and learner.gamma == 10.0 and twin.state is None
+    learner.fit(x, y)
+    pred = learner.predict(x)
+    assert pred.shape == y.shape and learner.score(x, y) == accuracy_score(y, pred)  # subset accuracy
+    first = np.asarray(learner.coef_).copy()
+    with pytest.raises(ValueError):
+        learner.fit(x[:, :-1] * np.nan, y)  # refused: the previous fit stays
+    np.testing.assert_array_equal(np.asarray(learner.coef_), first)
+    # fit starts over: a second fit equals a fresh one
+    np.testing.assert_array_equal(np.asarray(learner.fit(x, y).coef_), first)
