@@ -6,6 +6,7 @@ from analytic.lazy import lazy_namespace
 # Public names -> defining module, loaded on first access.
 _EXPORTS: dict[str, str] = {
     "DeepAFL": "federated.deepafl",
+    "AFCLServer": "federated.afcl",
     "APFL": "federated.apfl",
     "Fed3R": "federated.fed3r",
 }

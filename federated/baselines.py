@@ -104,10 +104,13 @@ def fedavg(
     local_epochs: int = 1, batch_size: int = 32, lr: float = 0.1, client_fraction: float = 0.1,
     mu: float = 0.0, hidden: int = 0, momentum: float = 0.0, seed: int = 0,
     eval_data: tuple[Any, Any] | None = None, eval_every: int = 0, progress: bool = False,
+    initial_params: dict[str, Any] | None = None,
 ) -> FedResult:
     """FedAvg over pooled rows ``x: (n, d)``, labels ``y: (n,)`` split by ``parts`` (one index array per client,
     e.g. from :mod:`federated.partition`). ``mu > 0`` is FedProx. ``eval_data`` is scored every ``eval_every``
-    rounds (0: at the end only)."""
+    rounds (0: at the end only). ``initial_params`` (the ``params`` of an earlier result, same shapes as
+    :func:`init_params` gives) continue a model instead of drawing one from ``seed`` -- task after task, the
+    federated continual baseline of :func:`federated.afcl.fedavg_per_task`."""
     x = check_features(x).astype(jnp.float32)
     labels = check_labels(y, classes=classes, n=x.shape[0])
     classes = classes or int(labels.max()) + 1
@@ -131,6 +134,8 @@ def fedavg(
     key = jax.random.PRNGKey(seed)
     key, init_key = jax.random.split(key)
     params = init_params(init_key, x.shape[1], classes, hidden)
+    if initial_params is not None:
+        params = _same_params(initial_params, params)
     yj = jnp.asarray(labels, jnp.int32)
     rng = np.random.default_rng(seed)
     size = pytree_nbytes(params)
@@ -145,6 +150,21 @@ def fedavg(
         if eval_data is not None and ((eval_every and r % eval_every == 0) or r == rounds):
             history.append((r, accuracy(params, *eval_data)))
     return FedResult(params, history, log.summary())
+
+
+def _same_params(given: Any, fresh: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``given`` as float32 arrays if it has exactly ``fresh``'s keys and shapes, else ``ValueError``."""
+    if not isinstance(given, dict) or set(given) != set(fresh):
+        raise ValueError(f"initial_params must be a dict with keys {sorted(fresh)}, got "
+                         f"{sorted(given) if isinstance(given, dict) else type(given).__name__}")
+    out = {}
+    for name, value in fresh.items():
+        array = jnp.asarray(given[name], jnp.float32)
+        if array.shape != value.shape or not bool(jnp.all(jnp.isfinite(array))):
+            raise ValueError(f"initial_params[{name!r}] must be finite with shape {value.shape}, got shape "
+                             f"{array.shape}")
+        out[name] = array
+    return out
 
 
 def fedprox(x: Any, y: Any, parts: Sequence[np.ndarray], *, mu: float = 0.01, **kwargs: Any) -> FedResult:

@@ -1,4 +1,4 @@
-"""Flower ``ClientApp`` for AFL and DeepAFL: each handler answers one server message with one upload.
+"""Flower ``ClientApp`` for AFL, DeepAFL and AFCL: each handler answers one server message with one upload.
 
 Message types (``<category>.<action>``):
 
@@ -8,6 +8,9 @@ Message types (``<category>.<action>``):
 - ``train.deepafl_classifier`` / ``train.deepafl_block``: the two halves of each DeepAFL layer (Tang et al., 2026):
   apply the broadcast ``Ωₜ₋₁`` then upload ``(ΦₜᵀΦₜ, ΦₜᵀY)``; take ``Wₜ`` and upload ``(FₜᵀFₜ, FₜᵀRₜ)``. The math is
   :class:`federated.deepafl.DeepAFLClient`'s.
+- ``train.afcl``: AFCL client stage for the task the server names (``task`` in the message's config): the same
+  statistics on the node's rows of that task only (:func:`federated.flower.task.load_task_partition`; Tang et
+  al., 2025, one upload per client per task).
 
 Flower may run every message in a fresh process (deployment engine) or on any pooled worker (simulation engine),
 so nothing is kept in Python between messages: the DeepAFL client's running ``Φₜ`` lives in ``context.state``.
@@ -36,7 +39,7 @@ _STATE = "deepafl-client"
 class _Job:
     """The node's view of one message: its config, partition and data."""
 
-    def __init__(self, message: Message, context: Context) -> None:
+    def __init__(self, message: Message, context: Context, task_index: int | None = None) -> None:
         self.config = records.config_of(message.content)
         if "dataset" not in self.config:
             raise ValueError(f"{message.metadata.message_type}: the message carries no run config")
@@ -48,7 +51,11 @@ class _Job:
         if self.config["client-dtype"] == "float64":
             jax.config.update("jax_enable_x64", True)
         self.dtype = np.dtype(self.config["client-dtype"])
-        self.x, self.y, self.classes = task.load_partition(self.config, self.partition_id, parts)
+        if task_index is None:
+            self.x, self.y, self.classes = task.load_partition(self.config, self.partition_id, parts)
+        else:
+            self.x, self.y, self.classes = task.load_task_partition(self.config, self.partition_id, parts,
+                                                                    task_index)
 
     def _inject_fault(self) -> None:
         fault = task.parse_faults(self.config["faults"]).get(self.partition_id)
@@ -74,6 +81,17 @@ def hello(message: Message, context: Context) -> Message:
 @app.train("afl")
 def afl_train(message: Message, context: Context) -> Message:
     job = _Job(message, context)
+    upload = afl.client_stats(job.x, job.y, float(job.config["gamma"]), job.classes, client_id=job.partition_id,
+                              dtype=job.dtype)
+    return job.reply(message, upload)
+
+
+@app.train("afcl")
+def afcl_train(message: Message, context: Context) -> Message:
+    config = records.config_of(message.content)
+    if "task" not in config:
+        raise ValueError("train.afcl: the message names no task")
+    job = _Job(message, context, task_index=int(config["task"]))
     upload = afl.client_stats(job.x, job.y, float(job.config["gamma"]), job.classes, client_id=job.partition_id,
                               dtype=job.dtype)
     return job.reply(message, upload)

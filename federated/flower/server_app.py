@@ -1,4 +1,4 @@
-"""Flower ``ServerApp`` for AFL (Zhuang et al., 2024) and DeepAFL (Tang et al., 2026).
+"""Flower ``ServerApp`` for AFL (Zhuang et al., 2024), DeepAFL (Tang et al., 2026) and AFCL (Tang et al., 2025).
 
 AFL: one round -- every node uploads ``(XₖᵀXₖ, XₖᵀYₖ, nₖ, γ)`` and the server applies the absolute aggregation law
 in sum form with regularization removal (:mod:`federated.afl`). Because the law is a sum, a client that fails or
@@ -8,6 +8,12 @@ weight equals centralized ridge on the rows of every merged client.
 
 DeepAFL: the 2T+1-round layer-wise protocol of :class:`federated.deepafl.DeepAFLServer`; a node that fails or
 misses a round is dropped for the rest of the run (its ``Φₜ`` would no longer match the broadcasts).
+
+AFCL: one wave per class-incremental task (``tasks``; ``waves`` > 1 re-asks, within the task, the nodes whose
+upload for it is missing). Each node uploads the statistics of its rows of that task; the server merges them
+into the running sums (:func:`federated.afcl.server_task_update`, uploads screened and namespaced by the task the
+*server* is in) and solves, so after task ``t`` the weight equals joint ridge on every row of tasks ``0..t`` of
+the merged nodes (spatio-temporal invariance). A node missing one task still contributes to the others.
 
 The server sums and solves in float64 (it enables ``jax_enable_x64``); transport is the clients' dtype (float32
 by default). Every round is logged -- who answered, who failed and why, who never answered -- and the report
@@ -28,7 +34,7 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from analytic.checkpoint import atomic_savez, atomic_write_text
-from federated import afl, deepafl
+from federated import afcl, afl, deepafl
 from federated import messages as msg
 from federated.flower import records, task
 from federated.flower.rounds import RoundOutcome, TrackedGrid, run_round, wait_for_nodes
@@ -67,7 +73,7 @@ def run(grid: Grid, config: Mapping[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"only {len(nodes)} of min-clients={config['min-clients']} nodes connected within "
                            f"{config['connect-timeout']} s")
     partition_of, hello = _hello(grid, config, nodes)
-    protocol = _run_afl if config["method"] == "afl" else _run_deepafl
+    protocol = {"afl": _run_afl, "deepafl": _run_deepafl, "afcl": _run_afcl}[config["method"]]
     report, arrays = protocol(grid, config, split, sorted(partition_of), partition_of)
     # Messages that missed their deadline may still be running; wait (at most one round's deadline) until they
     # finish, so their late context write-backs cannot land in whatever protocol the caller runs next.
@@ -196,6 +202,45 @@ def _afl_evaluate(grid: TrackedGrid, config: Mapping[str, Any], weight: Any, cou
                         float(config["round-timeout"]))
     counted = sum(int(m["count"]) for m in outcome.decoded.values())
     return sum(int(m["correct"]) for m in outcome.decoded.values()) / counted if counted else None
+
+
+def _run_afcl(grid: TrackedGrid, config: Mapping[str, Any], split: task.Split, nodes: list[int],
+              partition_of: dict[int, int]):
+    dtype = np.dtype(config["client-dtype"])
+    state = afcl.afcl_init(split.x_train.shape[1], split.classes, float(config["global-gamma"]))
+    groups = task.task_streams(config, split.y_train, int(config["num-partitions"])).classes
+    rounds, tasks, arrays, merged, uploads = [], [], {}, set(), []
+    number = 0
+    for t, classes in enumerate(groups):
+        done: set[int] = set()  # nodes whose upload for task t was merged
+        for wave in range(1, int(config["waves"]) + 1):
+            ask = [n for n in sorted(grid.get_node_ids()) if n not in done]
+            if not ask:
+                break
+            number += 1
+            content = records.to_record(config=_client_config(config, round=number, task=t))
+            outcome = run_round(grid, ask, "train.afcl", content, lambda rd: records.from_record(rd, msg.AFLUpload),
+                                f"afcl-task-{t}-wave-{wave}", float(config["round-timeout"]))
+            state, excluded = afcl.server_task_update(state, list(outcome.decoded.values()), task=t, dtype=dtype)
+            for node in _accepted_nodes(outcome, excluded):
+                partition_of[node] = outcome.decoded[node].client_id
+                done.add(node)
+                uploads.append(outcome.decoded[node])
+            rounds.append(_log(f"afcl task {t}", number, outcome, excluded, partition_of))
+            if len(done) >= int(config["num-partitions"]):
+                break
+        merged |= {partition_of[n] for n in done}
+        seen = np.sort(np.concatenate(groups[: t + 1]))
+        rows = np.isin(split.y_test, seen)
+        accuracy = (float(np.mean(np.asarray(afcl.predict(state, split.x_test[rows], seen)) == split.y_test[rows]))
+                    if rows.any() else float("nan"))
+        tasks.append({"task": t, "classes": classes.tolist(), "test_rows": int(rows.sum()),
+                      "merged_partitions": sorted(partition_of[n] for n in done), "test_accuracy_seen": accuracy})
+        arrays[f"weight_task_{t}"] = np.asarray(state.weight)
+    report = {"rounds": rounds, "tasks": tasks, "merged_partitions": sorted(merged), "count": state.server.count,
+              "test_accuracy": tasks[-1]["test_accuracy_seen"],
+              "communication": afl.communication(uploads, state.weight)}
+    return report, {"weight": np.asarray(state.weight), **arrays}
 
 
 def _run_deepafl(grid: TrackedGrid, config: Mapping[str, Any], split: task.Split, nodes: list[int],

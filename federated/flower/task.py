@@ -1,4 +1,4 @@
-"""What a Flower run of AFL/DeepAFL is configured with, and the data each side loads.
+"""What a Flower run of AFL/DeepAFL/AFCL is configured with, and the data each side loads.
 
 The run configuration is Flower's (``[tool.flwr.app.config]`` of ``federated/flower/app/pyproject.toml``,
 overridable with ``flwr run --run-config``); :data:`DEFAULTS` lists every key. The server forwards the keys a
@@ -8,6 +8,9 @@ Data: scikit-learn's bundled ``digits`` (1797 × 64, 10 classes, no download) or
 once into train/test with a fixed seed. Client ``partition-id`` of ``num-partitions`` (Flower node config; set
 automatically by the simulation engine) holds its part of the training rows under
 :func:`federated.partition.dirichlet` (or ``iid``/``shards``); the server holds the test rows for evaluation.
+AFCL streams tasks: the classes are cut into ``tasks`` groups (in ``task-order``) and each task's rows are
+partitioned over the clients anew (:func:`federated.streams.client_streams`, seed ``partition-seed + t``;
+``min-size`` does not apply), so client ``k``'s task-``t`` rows are the same on every host and in-process.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from federated import partition
 
 DEFAULTS: dict[str, Any] = {
-    "method": "afl",  # "afl" (one round, waves for late clients) or "deepafl" (2T+1 rounds)
+    "method": "afl",  # "afl" (one round, waves for late clients), "deepafl" (2T+1 rounds), "afcl" (a wave per task)
     "dataset": "digits",  # "digits", "synthetic" or "features" (the .npz file named by features-file)
     "features-file": "",  # features only: x_train, y_train, x_test, y_test (continual.data.save_feature_file)
     "rows": 3000, "dim": 32, "classes": 10,  # synthetic only
@@ -37,14 +40,18 @@ DEFAULTS: dict[str, Any] = {
     # DeepAFL (docs/methods.md §3; the authors use 1024/1024/20/1/0.05/gelu)
     "phi-dim": 128, "block-dim": 128, "layers": 2, "lam": 1.0, "deepafl-gamma": 0.05,
     "activation": "gelu", "input-activation": "tanh", "seed": 0,
+    # AFCL: class-incremental tasks, one wave per task; task-order: comma-separated permutation of 0..tasks-1
+    "tasks": 5, "task-order": "",
     # Fault injection for drills and tests: "<partition>:<raise|silent>[@<round>]", comma-separated.
     "faults": "",
     "output-dir": "",  # if set, the server writes result.json and result.npz there
 }
 
+METHODS = ("afl", "deepafl", "afcl")
+
 CLIENT_KEYS = ("dataset", "features-file", "rows", "dim", "classes", "data-seed", "test-fraction", "partitioner",
                "alpha", "min-size", "partition-seed", "num-partitions", "client-dtype", "gamma", "faults",
-               "round-timeout")
+               "round-timeout", "tasks", "task-order")
 
 
 def resolve_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -60,15 +67,29 @@ def resolve_config(run_config: Mapping[str, Any], overrides: Mapping[str, Any] |
             if not isinstance(value, want) or (want is int and isinstance(value, bool)):
                 raise ValueError(f"run-config {key!r} must be {want.__name__}, got {value!r}")
             config[key] = value
-    if config["method"] not in ("afl", "deepafl"):
-        raise ValueError(f"run-config 'method' must be 'afl' or 'deepafl', got {config['method']!r}")
+    if config["method"] not in METHODS:
+        raise ValueError(f"run-config 'method' must be one of {METHODS}, got {config['method']!r}")
     if config["client-dtype"] not in ("float32", "float64"):
         raise ValueError(f"run-config 'client-dtype' must be 'float32' or 'float64', got {config['client-dtype']!r}")
-    for key in ("num-partitions", "min-clients", "waves"):
+    for key in ("num-partitions", "min-clients", "waves", "tasks"):
         if config[key] < 1:
             raise ValueError(f"run-config {key!r} must be >= 1, got {config[key]!r}")
     parse_faults(config["faults"])
+    parse_task_order(config["task-order"], config["tasks"])
     return config
+
+
+def parse_task_order(spec: str, tasks: int) -> list[int] | None:
+    """``"2,0,1"`` -> ``[2, 0, 1]`` (a permutation of ``0..tasks-1``); ``""`` -> ``None`` (tasks in class order)."""
+    if not spec.strip():
+        return None
+    try:
+        order = [int(item) for item in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"run-config 'task-order' {spec!r} is not comma-separated integers") from None
+    if sorted(order) != list(range(tasks)):
+        raise ValueError(f"run-config 'task-order' {spec!r} is not a permutation of 0..{tasks - 1} (tasks={tasks})")
+    return order
 
 
 def parse_faults(spec: str) -> dict[int, tuple[str, int]]:
@@ -147,4 +168,29 @@ def load_partition(
         raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
     split = load_split(config)
     rows = partition_indices(split.y_train, config, num_partitions)[partition_id]
+    return split.x_train[rows], split.y_train[rows], split.classes
+
+
+def task_streams(config: Mapping[str, Any], y_train: np.ndarray, num_partitions: int) -> Any:
+    """AFCL's :class:`federated.streams.ClientStreams` of the training rows (the same on every host)."""
+    from federated.streams import client_streams
+
+    kind = config["partitioner"]
+    if kind not in ("dirichlet", "iid", "shards"):
+        raise ValueError(f"run-config 'partitioner' must be 'dirichlet', 'iid' or 'shards', got {kind!r}")
+    return client_streams(y_train, int(config["tasks"]), num_partitions, kind, alpha=float(config["alpha"]),
+                          task_order=parse_task_order(config["task-order"], int(config["tasks"])),
+                          seed=int(config["partition-seed"]))
+
+
+def load_task_partition(
+    config: Mapping[str, Any], partition_id: int, num_partitions: int, task_index: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Client ``partition_id``'s training rows of AFCL task ``task_index`` ``(x, y, classes)`` (possibly empty)."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    if not 0 <= task_index < int(config["tasks"]):
+        raise ValueError(f"task {task_index} is outside 0..{int(config['tasks']) - 1}")
+    split = load_split(config)
+    rows = task_streams(config, split.y_train, num_partitions).streams[task_index][partition_id]
     return split.x_train[rows], split.y_train[rows], split.classes

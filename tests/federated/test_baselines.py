@@ -59,3 +59,23 @@ def test_fedavg_argument_checks(split):
         baselines.fedavg(x, y, parts["iid"], **{**FED, "client_fraction": 0.0})
     with pytest.raises(ValueError, match="NaN"):
         baselines.fedavg(np.full_like(x, np.nan), y, parts["iid"], **FED)
+
+
+def test_fedavg_continues_from_initial_params_and_checks_them(split):
+    x, y, x_test, y_test, parts = split
+    short = {**FED, "rounds": 3}
+    first = baselines.fedavg(x, y, parts["iid"], **short)
+    # A run with a negligible learning rate stays where it started: at the given model when one is given, at the
+    # fresh (zero) linear init otherwise.
+    still = baselines.fedavg(x, y, parts["iid"], **{**short, "lr": 1e-9, "seed": 5}, initial_params=first.params)
+    fresh = baselines.fedavg(x, y, parts["iid"], **{**short, "lr": 1e-9, "seed": 5})
+    for name in first.params:
+        assert np.abs(np.asarray(still.params[name]) - np.asarray(first.params[name])).max() < 1e-6
+    assert np.abs(np.asarray(fresh.params["w"]) - np.asarray(first.params["w"])).max() > 1e-3
+    more = baselines.fedavg(x, y, parts["iid"], **short, initial_params=first.params, eval_data=(x_test, y_test))
+    assert more.history[-1][1] >= baselines.accuracy(first.params, x_test, y_test) - 0.02
+    with pytest.raises(ValueError, match="initial_params"):
+        baselines.fedavg(x, y, parts["iid"], **short, initial_params={"w": first.params["w"]})
+    bad = {**first.params, "w": np.zeros((3, 10), np.float32)}
+    with pytest.raises(ValueError, match=r"initial_params\['w'\]"):
+        baselines.fedavg(x, y, parts["iid"], **short, initial_params=bad)

@@ -1,6 +1,7 @@
 """The Flower apps really run: one Ray simulation with 4 SuperNodes on Dirichlet-partitioned digits runs AFL (with
-a client that raises and one that never answers in wave 1, both merged in wave 2) and then DeepAFL; the models are
-compared with the in-process :mod:`federated` protocols on the same partitions.
+a client that raises and one that never answers in wave 1, both merged in wave 2), DeepAFL and AFCL (5 tasks, one
+wave each, a client raising in task 1 and merged in that task's second wave); the models are compared with the
+in-process :mod:`federated` protocols on the same partitions.
 
 Tolerances: the clients' statistics are float32 (the transport dtype) in both the Flower run and the in-process
 reference, and both servers sum and solve in float64, so the two agree to float32 rounding of what crosses the wire
@@ -22,7 +23,7 @@ pytest.importorskip("ray")
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict  # noqa: E402
 
-from federated import afl, deepafl  # noqa: E402
+from federated import afcl, afl, deepafl  # noqa: E402
 from federated import messages as msg  # noqa: E402
 from federated.flower import records, task  # noqa: E402
 
@@ -53,6 +54,9 @@ def simulation(tmp_path_factory):
         "deepafl_fault": task.resolve_config({}, {**COMMON, "method": "deepafl", "layers": 1, "phi-dim": 48,
                                                   "block-dim": 40, "round-timeout": 60.0, "faults": "3:raise@2",
                                                   "output-dir": str(out / "deepafl_fault")}),
+        "afcl": task.resolve_config({}, {**COMMON, "method": "afcl", "tasks": 5, "task-order": "3,0,4,1,2",
+                                         "waves": 2, "round-timeout": 30.0, "faults": "1:raise@2",
+                                         "output-dir": str(out / "afcl")}),
     }
     server = ServerApp()
 
@@ -103,6 +107,30 @@ def test_afl_flower_run_equals_in_process_afl_and_centralized_ridge(simulation):
     assert report["test_accuracy"] == pytest.approx(float(np.mean(np.argmax(split.x_test @ reference, 1)
                                                                   == split.y_test)), abs=1e-9)
     assert 0.8 < report["client_accuracy"] <= 1.0  # the AFLBroadcast answer reached the clients
+
+
+def test_afcl_flower_run_equals_in_process_afcl_after_every_task_and_joint_ridge(simulation):
+    config, report, arrays = simulation["afcl"]
+    split = task.load_split(config)
+    streams = task.task_streams(config, split.y_train, CLIENTS)
+    assert [r["type"] for r in report["rounds"]] == ["afcl task 0", "afcl task 1", "afcl task 1", "afcl task 2",
+                                                     "afcl task 3", "afcl task 4"]
+    assert "injected fault" in next(iter(report["rounds"][1]["failed"].values()))
+    state = afcl.afcl_init(split.x_train.shape[1], 10, config["global-gamma"])
+    for t in range(5):
+        uploads = [afl.client_stats(split.x_train[rows], split.y_train[rows], config["gamma"], 10, client_id=k,
+                                    dtype=np.float32) for k, rows in enumerate(streams.streams[t])]
+        state, excluded = afcl.server_task_update(state, uploads, task=t)
+        assert excluded == [] and report["tasks"][t]["merged_partitions"] == list(range(CLIENTS))
+        # Same float32 statistics, both servers in float64: agreement to float32 rounding of the transport.
+        assert _relative(arrays[f"weight_task_{t}"], state.weight) <= 1e-6
+        seen = np.concatenate([streams.streams[s][k] for s in range(t + 1) for k in range(CLIENTS)])
+        x, y = split.x_train[seen], np.eye(10)[split.y_train[seen]]
+        joint = np.linalg.solve(x.T @ x + config["global-gamma"] * np.eye(x.shape[1]), x.T @ y)
+        assert _relative(arrays[f"weight_task_{t}"], joint) <= 1e-3  # float32 Grams, module docstring
+        assert set(report["tasks"][t]["classes"]) == set(streams.classes[t].tolist())
+    assert report["tasks"][0]["classes"] == [6, 7]  # task-order 3,0,4,1,2 puts class group 3 first
+    assert report["count"] == len(split.y_train) and 0.8 < report["test_accuracy"] <= 1.0
 
 
 def test_afl_failing_and_silent_clients_are_dropped_reported_and_the_rest_aggregated(simulation):
