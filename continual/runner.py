@@ -4,6 +4,9 @@ After every phase the learner predicts the whole test set; :mod:`continual.metri
 the accuracy matrix, the per-phase accuracy on seen classes, A_avg, A_last and forgetting. With ``eval_every``
 the runner also samples the *anytime* accuracy every ``Δn`` stream samples on the test samples of the classes
 exposed so far (GACL / Si-Blurry protocol), which gives A_auc.
+
+The multi-label protocol (tasks with label absence, mAP / CF1 / OF1 after every task) is
+:func:`continual.multilabel.run_multilabel_protocol`, re-exported here.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from continual import metrics
+from continual.multilabel import run_multilabel_protocol
 from continual.scenarios import Phase, online
 
-__all__ = ["Learner", "RunResult", "run_protocol", "summarize", "FeaturesAsOneBlock", "state_bytes"]
+__all__ = ["Learner", "RunResult", "run_protocol", "run_multilabel_protocol", "summarize", "FeaturesAsOneBlock",
+           "state_bytes"]
 
 
 class Learner(Protocol):
