@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import max_rel_diff
+from benchmarks.family import render_claims
 
 PARTITIONS = {"iid": ("iid", {}), "dir0.1": ("dirichlet", {"alpha": 0.1}), "dir1": ("dirichlet", {"alpha": 1.0})}
 CLIENTS, TASKS, FEDPROX_MU = 100, 5, 0.01
@@ -205,9 +206,5 @@ def render(section: dict[str, Any]) -> str:
     lines = ["### AFCL: analytic federated continual learning", "", "| " + " | ".join(cols) + " |",
              "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in section.get("rows", [])]
-    ccols = ["method", "claim", "published", "ours", "holds", "source"]
-    lines += ["", "| " + " | ".join(ccols) + " |", "|" + "---|" * len(ccols)]
-    lines += ["| " + " | ".join(_fmt(c.get(k)) for k in ccols) + " |" for c in section.get("claims", [])]
-    lines += [""] + [f"- {n}" for n in section.get("notes", [])]
-    lines += [f"![{p}]({p})" for p in section.get("plots", [])]
+    lines += render_claims(section)
     return "\n".join(lines)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.family import render_claims
+
 METHODS = ("global AFL", "Fed3R", "Fed3R-RF", "local ridge", "APFL")
 APFL_PUBLISHED = ("APFL beats state-of-the-art PFL baselines by at least 1.10%-15.45% accuracy (abstract, arXiv "
                   "2508.10732; the paper's 2 tables were not retrieved here)")
@@ -258,12 +260,5 @@ def render(section: dict[str, Any]) -> str:
         frac = f"{100 * r['frac_clients_ge_global']:.0f}%" if "frac_clients_ge_global" in r else ""
         lines.append(f"| {r['dataset']} | {r['partition']} | {r['clients']} | {r['method']} | "
                      f"{r['mean_client_acc']:.2f} | {r['std_client_acc']:.2f} | {gain} | {frac} |")
-    lines += ["", "| method | claim | published | ours | holds | source |", "|---|---|---|---|---|---|"]
-    for c in section.get("claims", []):
-        lines.append(f"| {c['method']} | {c['claim']} | {c['published']} | {c['ours']} | {c['holds']} | "
-                     f"{c['source']} |")
-    for n in section.get("notes", []):
-        lines.append(f"\n- {n}")
-    for p in section.get("plots", []):
-        lines.append(f"\n![{p}]({p})")
+    lines += render_claims(section)
     return "\n".join(lines)

@@ -31,6 +31,7 @@ import numpy as np
 from analytic import gram_accumulate, gram_init, ridge_solve
 from analytic.selection import ridge_path
 from benchmarks.common import max_rel_diff
+from benchmarks.family import render_claims
 from continual import l3a
 from continual.l3a import L3A
 from continual.multilabel import mean_average_precision, multi_label_tasks, run_multilabel_protocol
@@ -249,12 +250,5 @@ def render(section: dict[str, Any]) -> str:
     for r in section.get("rows", []):
         lines.append(f"| {r['method']} | {r['task'] + 1} | {r['seen']} | {100 * r['mAP']:.2f} | "
                      f"{100 * r['CF1']:.2f} | {100 * r['OF1']:.2f} |")
-    lines += ["", "| method | claim | published | ours | holds | source |", "|---|---|---|---|---|---|"]
-    for c in section.get("claims", []):
-        lines.append(f"| {c['method']} | {c['claim']} | {c['published']} | {c['ours']} | {c['holds']} | "
-                     f"{c['source']} |")
-    for n in section.get("notes", []):
-        lines.append(f"\n- {n}")
-    for p in section.get("plots", []):
-        lines.append(f"\n![{p}]({p})")
+    lines += render_claims(section)
     return "\n".join(lines)

@@ -33,6 +33,24 @@ SECTIONS = ("prototypes", "afcl", "apfl", "l3a")
 MOSAICS = {"quick": (4000, 1000), "full": (12000, 3000)}
 
 
+CLAIM_COLUMNS = ("method", "claim", "published", "ours", "holds", "source")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value).replace("|", "\\|")
+
+
+def render_claims(section: dict[str, Any]) -> list[str]:
+    """The Markdown every section ends with: its claims table (published beside ours), notes and plots."""
+    lines = ["", "| " + " | ".join(CLAIM_COLUMNS) + " |", "|" + "---|" * len(CLAIM_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(c.get(k, "")) for k in CLAIM_COLUMNS) + " |" for c in section.get("claims", [])]
+    lines += [""] + [f"- {n}" for n in section.get("notes", [])]
+    lines += [f"![{p}]({p})" for p in section.get("plots", [])]
+    return lines
+
+
 def section_module(name: str) -> Any:
     return importlib.import_module(f"benchmarks._family_{name}")
 
