@@ -23,12 +23,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from analytic import AnalyticLinear
-from continual import ACIL, AIR, DSAL, FOAL, GACL
+from continual import ACIL, AIR, DSAL, FOAL, GACL, NCM, FeCAM, RanPAC
 from continual.baselines import SLDA, FineTune, JointRidge
 
 ESTIMATORS = [
     AnalyticLinear(), JointRidge(buffer_size=64), ACIL(buffer_size=128), DSAL(buffer_size=128),
     GACL(1.0, buffer_size=128), AIR(), FOAL(1.0, projection_dim=128, inputs="fused"), SLDA(), FineTune(),
+    RanPAC(buffer_size=128), NCM(), FeCAM(),
 ]
 
 
