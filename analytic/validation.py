@@ -255,7 +255,10 @@ def prepare_batch(
 
 
 def check_gamma(gamma: Any, name: str = "gamma") -> float:
-    """Ridge strength must be a finite real number > 0 (the ridge system is then positive definite)."""
+    """Ridge strength must be a finite real number > 0 (the ridge system is then positive definite). Booleans and
+    strings are refused although ``float`` would take them (``True`` would silently mean γ = 1)."""
+    if isinstance(gamma, bool | np.bool_ | str | bytes):
+        raise TypeError(f"{name} must be a positive real number, got {type(gamma).__name__} {gamma!r}")
     try:
         value = float(gamma)
     except (TypeError, ValueError) as err:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from analytic import AnalyticLinear, RandomBuffer, gram_init, gram_update, one_hot, rls_init, rls_update
+from analytic.validation import check_gamma
 
 from .helpers import stream
 
@@ -68,6 +69,15 @@ def test_non_positive_gamma_is_refused(gamma):
         AnalyticLinear(gamma).fit(X, Y)
     with pytest.raises(ValueError, match="gamma"):
         rls_init(4, 2, gamma)
+
+
+@pytest.mark.parametrize("gamma", [True, np.True_, "1.0", b"1"])
+def test_boolean_or_string_gamma_is_refused_not_coerced(gamma):
+    with pytest.raises(TypeError, match="gamma must be a positive real number"):
+        AnalyticLinear(gamma).fit(X, Y)
+    with pytest.raises(TypeError, match="gamma"):
+        rls_init(4, 2, gamma)
+    assert check_gamma(np.float32(0.5)) == 0.5 and check_gamma(2) == 2.0  # real numbers still pass
 
 
 def test_buffer_width_mismatch_is_named():
