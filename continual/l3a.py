@@ -41,6 +41,7 @@ from sklearn.exceptions import NotFittedError
 from analytic import GramStats, RandomBuffer, gram_accumulate, gram_init, load_state, ridge_solve, save_state
 from analytic.buffers import learner_buffer
 from analytic.checkpoint import CheckpointError, check_like, register_checkpoint_type
+from analytic.classes import expand_classes
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.validation import check_features, check_gamma
 from continual._wrapper import positive_int
@@ -140,7 +141,7 @@ def update(state: L3AState, x: Any, y: Any, *, gamma: float = 1.0, threshold: fl
     # ΦᵀΩΦ and ΦᵀΩỸ are the plain Gram statistics of the rows scaled by √ω, so the weighted problem stays additive
     # over tasks (each row keeps the weight of the task it came in) and the core accumulates it.
     root = jnp.asarray(np.sqrt(omega), dt)[:, None]
-    stats = state.stats._replace(xty=jnp.pad(state.stats.xty, ((0, 0), (0, width - old))))
+    stats = expand_classes(state.stats, width)
     stats = gram_accumulate(stats, root * phi, root * jnp.asarray(targets, dt))
     if not bool(jnp.isfinite(stats.xtx).all() & jnp.isfinite(stats.xty).all()):
         raise ValueError("x: the buffered features overflow the statistics (NaN/inf); the task was not learned")

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import GramStats, RandomBuffer, cholesky_ridge_solve, gram_accumulate_checked, ridge_solve
+from analytic import GramStats, RandomBuffer, cholesky_ridge_solve, expand_classes, gram_accumulate_checked, ridge_solve
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import HIGHEST, resolve_dtype, row_bucket
 from analytic.health import check_committed
@@ -153,7 +153,7 @@ def ranpac_update(state: RanPACState, x: Any, y: Any = None, *, ridge: float | N
     ridges, holdout = _check_ridges(ridges), _check_fraction(holdout, "holdout")
     dt = state.buffer.weight.dtype
     batch = as_batch(x, y, dim=state.buffer.in_dim, classes=state.stats.classes, dtype=dt)
-    grown = state.stats._replace(xty=_grow(state.stats.xty, batch.width, 1))
+    grown = expand_classes(state.stats, batch.width)
     h, stats, ok = _ranpac_stats(state.buffer, grown, batch.x, batch.targets, jnp.int32(batch.n))
     check_committed(ok, lambda: state.buffer(jnp.asarray(batch.host_x)), dt, what="projected features")
     gamma = ridge

@@ -38,7 +38,7 @@ from analytic.dtypes import resolve_dtype
 from analytic.rls import rls_init, rls_update
 from analytic.validation import check_features, check_gamma, check_labels
 from continual import metrics
-from continual._wrapper import mask_unseen, positive_int
+from continual._wrapper import mask_unseen, positive_int, seen_mask
 from federated import afl
 from federated.messages import AFLUpload
 from federated.streams import ClientStreams
@@ -125,10 +125,7 @@ def predict(state_or_weight: AFCLState | Any, x: Any, seen: Any = None) -> jax.A
 
 
 def _mask(seen: Any, width: int) -> jax.Array:
-    ids = np.asarray(seen, np.int64)
-    mask = np.zeros(width, bool)
-    mask[ids] = True
-    return jnp.asarray(mask)
+    return jnp.asarray(seen_mask(np.asarray(seen, np.int64), width))
 
 
 def as_streams(streams: ClientStreams | Sequence[Sequence[Any]], labels: np.ndarray) -> ClientStreams:
