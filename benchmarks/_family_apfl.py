@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import max_rel_diff
 from benchmarks.family import render_claims
 
 METHODS = ("global AFL", "Fed3R", "Fed3R-RF", "local ridge", "APFL")
@@ -114,11 +115,11 @@ def _one_setting(split: Any, parts: list[np.ndarray], tests: list[np.ndarray], g
     uploads = [apfl.apfl_client_stats(x[p], y[p], classes, client_id=k) for k, p in enumerate(parts)]
     w_g = apfl.apfl_server(uploads, dim=d, classes=classes, global_gamma=gamma).weight
     pooled = np.linalg.solve(x.T @ x + gamma * np.eye(d), x.T @ np.eye(classes)[y])
-    checks = {"global_vs_pooled": float(np.abs(np.asarray(w_g) - pooled).max() / np.abs(pooled).max())}
+    checks = {"global_vs_pooled": max_rel_diff(w_g, pooled)}
     raw = _fed3r(x, y, parts, classes, gamma, None).weight
     xb = np.hstack([x, np.ones((len(x), 1))])
     central = np.linalg.solve(xb.T @ xb + gamma * np.eye(d + 1), xb.T @ np.eye(classes)[y])
-    checks["fed3r_vs_centralized"] = float(np.abs(np.asarray(raw) - central).max() / np.abs(central).max())
+    checks["fed3r_vs_centralized"] = max_rel_diff(raw, central)
     w_raw = fed3r.normalize_weight(raw)
     w_rf = fed3r.normalize_weight(_fed3r(x, y, parts, classes, gammas["rf"], rff).weight)
     zeros = np.zeros_like(np.asarray(w_g))
