@@ -35,6 +35,22 @@ def test_gram_add_equals_numpy_and_is_exactly_symmetric(dtype, tol):
     np.testing.assert_allclose(h, ref_h, rtol=0, atol=tol * np.abs(ref_h).max())
 
 
+@pytest.mark.parametrize("transpose", ["omatcopy", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("d", [1, 2, 127, 128, 129, 300])
+def test_mirror_copies_the_upper_triangle_exactly(d, dtype, transpose, monkeypatch):
+    # Both transposes (OpenBLAS's omatcopy where a loaded BLAS has it, NumPy tiles otherwise), every panel edge.
+    if transpose == "numpy":
+        monkeypatch.setattr(host_kernels, "_OMATCOPY", {})
+    elif not host_kernels._find_omatcopy():
+        pytest.skip("no loaded OpenBLAS exports cblas_?omatcopy (the NumPy path is tested beside)")
+    rng = np.random.default_rng(d)
+    upper = np.triu(rng.standard_normal((d, d))).astype(dtype)
+    g = upper + np.tril(np.full((d, d), np.nan, dtype), -1)     # the lower triangle must be overwritten entirely
+    host_kernels._mirror_upper(g)
+    assert np.array_equal(g, upper + np.triu(upper, 1).T)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_helper_equals_numpy_for_every_layout_and_empty_shapes(dtype):
     # Integer-valued operands: every product and sum is exact, so layouts must agree bit for bit.
