@@ -16,9 +16,9 @@ step on a donated state, or inside a ``scan``, updates it where it lies. Every p
 against each other.
 
 * :func:`matmul` -- large products (buffer maps, fusion, read-outs), differentiable through a custom JVP.
-* :func:`gram_add` -- ``(G + xᵀx, H + xᵀy)``: SYRK into one triangle of ``G`` plus a mirror (OpenBLAS's blocked transpose), so ``G`` stays
-  exactly symmetric; :func:`gram_add_checked` adds only a sound batch, judged before anything is written, and
-  :func:`class_gram_add` does it per class (AIR).
+* :func:`gram_add` -- ``(G + xᵀx, H + xᵀy)``: SYRK into one triangle of ``G`` plus a mirror (OpenBLAS's
+  transpose), so ``G`` stays exactly symmetric; :func:`gram_add_checked` adds only a sound batch, judged before
+  anything is written, and :func:`class_gram_add` does it per class (AIR).
 * :func:`cholesky_solve` -- ``(A + γI)⁻¹B`` by ``potrf``/``potrs`` and the pivot-ratio estimate κ̂ (NaN when the
   factorization failed or ``A``/``B`` were not finite), as :func:`analytic.cholesky_ridge_solve` returns.
 * :func:`woodbury_step` -- one recursive-least-squares step (ACIL, Zhuang et al., NeurIPS 2022, §3):
