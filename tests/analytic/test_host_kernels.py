@@ -37,7 +37,7 @@ def test_gram_add_equals_numpy_and_is_exactly_symmetric(dtype, tol):
 
 @pytest.mark.parametrize("transpose", ["omatcopy", "numpy"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("d", [1, 2, 127, 128, 129, 300])
+@pytest.mark.parametrize("d", [1, 2, 127, 128, 129, 300, 2100])  # 2100: split between two threads
 def test_mirror_copies_the_upper_triangle_exactly(d, dtype, transpose, monkeypatch):
     # Both transposes (OpenBLAS's omatcopy where a loaded BLAS has it, NumPy tiles otherwise), every panel edge.
     if transpose == "numpy":
