@@ -99,6 +99,15 @@ _MIRROR_SPLIT_BYTES = 1 << 24  # from 16 MB (float64 d = 1448) up two threads tr
 _MIRROR_POOL: Any = None
 
 
+def _forget_mirror_pool() -> None:
+    # A forked child inherits the pool object but not its thread: work submitted there would never run.
+    global _MIRROR_POOL
+    _MIRROR_POOL = None
+
+
+os.register_at_fork(after_in_child=_forget_mirror_pool)
+
+
 def _mirror_panels(g: np.ndarray, start: int, stop: int, transpose: Any) -> None:
     """The panels below the diagonal blocks ``start, start + t, ... < stop`` (see :func:`_mirror_upper`)."""
     d, t, base, item = g.shape[0], _MIRROR_TILE, g.ctypes.data, g.itemsize

@@ -6,6 +6,7 @@ and sum exact, and there the paths must agree bit for bit.
 """
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -262,3 +263,23 @@ def test_woodbury_drops_zero_rows_and_returns_the_identity_there():
     r0, w0 = np.asarray(state.inv_autocorr), np.asarray(state.weight)
     gain = r0 @ x.T @ np.linalg.inv(np.eye(5) + x @ r0 @ x.T)
     np.testing.assert_allclose(w, w0 + gain @ (y - x @ w0), rtol=0, atol=1e-12 * np.abs(w5).max())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_split_mirror_works_in_a_forked_child():
+    # The parent's mirror pool has a worker thread; a forked child must not submit to the dead copy of it.
+    g = np.triu(np.random.default_rng(0).standard_normal((2100, 2100)))
+    want = g + np.triu(g, 1).T
+    host_kernels._mirror_upper(g.copy())                 # the parent's pool now exists
+    pid = os.fork()
+    if pid == 0:                                         # child: exit status 0 only if the mirror is right
+        signal.alarm(60)                                 # a hang (the dead pool) ends as SIGALRM, not a stuck run
+        ok = False
+        try:
+            h = g.copy()
+            host_kernels._mirror_upper(h)
+            ok = bool(np.array_equal(h, want))
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
