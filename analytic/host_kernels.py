@@ -51,6 +51,33 @@ __all__ = ["enabled", "matmul", "gram_add", "gram_add_checked", "class_gram_add"
 
 # -- the kernels (NumPy views of XLA's buffers in, results written in place) --------------------------------------
 _MIRROR_TILE = 128  # panel width of the mirror: 64-256 measured within 10% with omatcopy, 512 2-3× slower
+_OMATCOPY: dict[np.dtype, Any] | None = None  # found on the first mirror (_find_omatcopy)
+_ROW_MAJOR, _TRANS = 101, 112  # CBLAS_ORDER.CblasRowMajor, CBLAS_TRANSPOSE.CblasTrans
+_MIRROR_SPLIT_BYTES = 1 << 24  # from 16 MB (float64 d = 1448) up two threads transpose: 8.3 -> 5.9 ms at d = 2048
+_MIRROR_POOL: Any = None
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _omatcopy_symbol(lib: Any, letter: str, ctype: Any) -> Any:
+    """``{scipy_,}cblas_{letter}omatcopy{,64_}`` of ``lib`` with its argument types set, or ``None``."""
+    import ctypes
+
+    for name in (f"{prefix}cblas_{letter}omatcopy{suffix}" for prefix in ("scipy_", "") for suffix in ("", "64_")):
+        fun = getattr(lib, name, None)
+        if fun is not None:
+            itype = ctypes.c_int64 if name.endswith("64_") else ctypes.c_int
+            fun.restype = None
+            fun.argtypes = [ctypes.c_int, ctypes.c_int, itype, itype, ctype, ctypes.c_void_p, itype, ctypes.c_void_p,
+                            itype]
+            return fun
+    return None
 
 
 def _find_omatcopy() -> dict[np.dtype, Any]:
@@ -72,31 +99,11 @@ def _find_omatcopy() -> dict[np.dtype, Any]:
             lib = ctypes.CDLL(info["filepath"])
         except OSError:
             continue
-        found: dict[np.dtype, Any] = {}
-        for dtype, ctype, letter in ((np.dtype(np.float32), ctypes.c_float, "s"),
-                                     (np.dtype(np.float64), ctypes.c_double, "d")):
-            for prefix in ("scipy_", ""):
-                for suffix, itype in (("", ctypes.c_int), ("64_", ctypes.c_int64)):
-                    fun = getattr(lib, f"{prefix}cblas_{letter}omatcopy{suffix}", None)
-                    if fun is not None:
-                        fun.restype = None
-                        fun.argtypes = [ctypes.c_int, ctypes.c_int, itype, itype, ctype, ctypes.c_void_p, itype,
-                                        ctypes.c_void_p, itype]
-                        found[dtype] = fun
-                        break
-                if dtype in found:
-                    break
-        if len(found) == 2:
+        found = {np.dtype(np.float32): _omatcopy_symbol(lib, "s", ctypes.c_float),
+                 np.dtype(np.float64): _omatcopy_symbol(lib, "d", ctypes.c_double)}
+        if all(fun is not None for fun in found.values()):
             return found
     return {}
-
-
-_OMATCOPY: dict[np.dtype, Any] | None = None
-_ROW_MAJOR, _TRANS = 101, 112  # CBLAS_ORDER.CblasRowMajor, CBLAS_TRANSPOSE.CblasTrans
-
-
-_MIRROR_SPLIT_BYTES = 1 << 24  # from 16 MB (float64 d = 1448) up two threads transpose: 8.5 -> 5.9 ms at d = 2048
-_MIRROR_POOL: Any = None
 
 
 def _forget_mirror_pool() -> None:
@@ -135,7 +142,7 @@ def _mirror_upper(g: np.ndarray) -> None:
     d, t = g.shape[0], _MIRROR_TILE
     transpose = _OMATCOPY.get(g.dtype) if g.flags.c_contiguous else None
     cut = 0
-    if transpose is not None and g.nbytes >= _MIRROR_SPLIT_BYTES and (os.cpu_count() or 1) > 1:
+    if transpose is not None and g.nbytes >= _MIRROR_SPLIT_BYTES and cpu_count() > 1:
         cut = int(d * (1 - 2 ** -0.5)) // t * t  # panels [0, cut) hold about half the lower triangle
     if cut:
         if _MIRROR_POOL is None:

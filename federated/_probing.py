@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import threading
 from typing import Any
 
 import numpy as np
+
+from analytic.host_kernels import cpu_count
 
 __all__ = ["MAX_ENTRY", "RECHECK", "Prober", "one_blas_thread", "probe", "probe_basis", "probe_product",
            "probe_verdicts", "tolerance"]
@@ -48,14 +49,6 @@ def one_blas_thread() -> Any:
     except ImportError:  # pragma: no cover - optional; only speed depends on it
         return contextlib.nullcontext()
     return threadpool_limits(1, "blas")
-
-
-def cpu_count() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def probe_basis(d: int, probes: int, rng: np.random.Generator, dtype: Any) -> np.ndarray | None:
