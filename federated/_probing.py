@@ -6,7 +6,11 @@ dominates a screened aggregation. :class:`Prober` therefore splits every Gram's 
 (NumPy's BLAS releases the GIL): worker ``w`` owns rows ``[w·d/W, (w+1)·d/W)`` of every Gram, computes its share
 ``Z[rows]ᵀ G[rows]`` of ``ZᵀG``, copies its part of the diagonal and adds its rows into the sink, upload by upload
 in input order. Each entry of the sink therefore receives exactly the additions of a sequential sum, in the same
-order (bit for bit); ``T`` is the workers' shares added in a fixed order, so it is deterministic too.
+order (bit for bit); ``T`` is the workers' shares added in a fixed order, then multiplied by ``Z`` -- batched over
+the uploads, after the workers joined -- so it is deterministic too. A worker makes three NumPy calls per upload
+(sum, diagonal, product) and writes into arrays preallocated per group of Grams: with the ``Z`` product, the cast
+and a fresh result array per upload inside the loop, each of two workers took 93-115 ms for 1000 Grams at
+d = 256, against 65-71 ms now (60 ms for the bare sum-and-product loop).
 """
 
 from __future__ import annotations
@@ -66,14 +70,14 @@ def probe_basis(d: int, probes: int, rng: np.random.Generator, dtype: Any) -> np
 
 
 def _rows_share(g: np.ndarray, z: np.ndarray, lo: int, hi: int, sink: np.ndarray | None, diag: np.ndarray,
-                block_bytes: int) -> np.ndarray:
-    """``(Z[lo:hi]ᵀ G[lo:hi]) Z`` in float64 (this row range's share of ``T``), writing ``diag(G)[lo:hi]`` into
-    ``diag[lo:hi]`` and adding ``G[lo:hi]`` into ``sink[lo:hi]`` on the way, in blocks of rows read once from
-    memory for all three. NaN/inf entries are expected (they are how a non-finite ``G`` shows): the caller
-    silences their warnings."""
+                block_bytes: int, out: np.ndarray) -> None:
+    """``out ← Z[lo:hi]ᵀ G[lo:hi]``, ``(P, d)`` in ``G``'s dtype (this row range's share of ``ZᵀG``), writing
+    ``diag(G)[lo:hi]`` into ``diag[lo:hi]`` and adding ``G[lo:hi]`` into ``sink[lo:hi]`` on the way, in blocks of
+    rows read once from memory for all three. NaN/inf entries are expected (they are how a non-finite ``G``
+    shows): the caller silences their warnings. ``out`` is preallocated by the caller: a fresh array per upload
+    that outlives the loop (1000 of them) cost as much as the products (each lands on new pages)."""
     zt = z.T
     rows = max(8, block_bytes // max(1, g.shape[1] * g.itemsize))
-    acc = None
     # The sum first: its streaming read brings the block into cache faster than the product's own reads
     # (1000 Grams at d = 256: 83 vs 111 ms on one thread, 53 vs 60 ms on two). (ZᵀG)Z rather than Zᵀ(GZ): the
     # same T, and OpenBLAS streams G ~1.7x faster with the P-row operand on the left (d = 512).
@@ -83,17 +87,22 @@ def _rows_share(g: np.ndarray, z: np.ndarray, lo: int, hi: int, sink: np.ndarray
         if sink is not None:
             sink[i:j] += block
         diag[i:j] = block.diagonal(i)
-        share = zt[:, i:j] @ block
-        acc = share if acc is None else acc + share
-    return (acc @ z).astype(np.float64)
+        if i == lo:
+            np.matmul(zt[:, i:j], block, out=out)
+        else:
+            out += zt[:, i:j] @ block
 
 
-def _sum_shares(shares: list[np.ndarray]) -> np.ndarray:
-    """``T`` from the workers' shares, always added in worker order (so ``T`` does not depend on timing)."""
-    total = shares[0]
-    for share in shares[1:]:
-        total = total + share
-    return total
+def _products_of_shares(shares: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """``T = (Σ_w share_w) Z: (n, P, P)`` in float64 from the workers' shares ``(W, n, P, d)`` of ``ZᵀG`` for
+    ``n`` Grams of one shape and dtype: added in worker order (so ``T`` does not depend on timing), then one
+    ``(nP, d) × (d, P)`` product for all of them."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = shares[0]
+        for w in range(1, shares.shape[0]):
+            total += shares[w]
+        n, p, d = total.shape
+        return (total.reshape(n * p, d) @ z).reshape(n, p, p).astype(np.float64)
 
 
 def probe_product(g: np.ndarray, z: np.ndarray | None,
@@ -106,8 +115,10 @@ def probe_product(g: np.ndarray, z: np.ndarray | None,
             sink += g
         return g.astype(np.float64), np.diagonal(g).copy()
     diag = np.empty(g.shape[0], g.dtype)
+    share = np.empty((z.shape[1], g.shape[1]), g.dtype)
     with np.errstate(invalid="ignore", over="ignore"):
-        return _rows_share(g, z, 0, g.shape[0], sink, diag, _BLOCK_BYTES), diag
+        _rows_share(g, z, 0, g.shape[0], sink, diag, _BLOCK_BYTES, share)
+        return (share @ z).astype(np.float64), diag
 
 
 def probe_verdicts(grams: list[np.ndarray], diags: list[np.ndarray], products: list[np.ndarray],
@@ -163,16 +174,17 @@ def probe_verdicts(grams: list[np.ndarray], diags: list[np.ndarray], products: l
 
 
 class _Job:
-    """One Gram to probe: its verdict key, group, basis, sink, and the workers' shares of ``T``."""
+    """One Gram to probe: its verdict key, group, basis, sink, number of row parts, and (set by
+    :meth:`Prober._run`) its index among its group's Grams, its diagonal and ``T``."""
 
-    __slots__ = ("key", "group", "g", "z", "sink", "shares", "product", "diag")
+    __slots__ = ("key", "group", "g", "z", "sink", "parts", "index", "product", "diag")
 
     def __init__(self, key: int, group: tuple[Any, ...], g: np.ndarray, z: np.ndarray | None,
                  sink: np.ndarray | None, parts: int) -> None:
-        self.key, self.group, self.g, self.z, self.sink = key, group, g, z, sink
-        self.shares: list[Any] = [None] * parts
+        self.key, self.group, self.g, self.z, self.sink, self.parts = key, group, g, z, sink, parts
+        self.index = 0
         self.product: np.ndarray | None = None
-        self.diag = np.empty(g.shape[0], g.dtype)
+        self.diag: np.ndarray | None = None
 
 
 class Prober:
@@ -206,40 +218,52 @@ class Prober:
         parts = 1 if z is None else max(1, min(self.workers, g.shape[0] // _MIN_ROWS_PER_WORKER))
         self.jobs.append(_Job(key, group, g, z, sink, parts))
 
-    def _work(self, w: int, errors: list[BaseException]) -> None:
+    def _work(self, w: int, shares: dict[tuple[Any, ...], np.ndarray], errors: list[BaseException]) -> None:
         """Worker ``w``'s rows of every Gram, in input order (so each sink entry sees its additions in order).
         Grams of one shape have the same number of parts, so the same worker adds a given sink row each time."""
         block_bytes = _BLOCK_BYTES if self.workers == 1 else _THREADED_BLOCK_BYTES
         try:
             with np.errstate(invalid="ignore", over="ignore"):  # per thread: NumPy's error state is thread-local
                 for job in self.jobs:
-                    parts = len(job.shares)
-                    if w >= parts:
+                    if w >= job.parts:
                         continue
                     if job.z is None:  # Z = I (d ≤ P): one part, on this thread
                         job.product, job.diag = probe_product(job.g, None, job.sink)
                         continue
                     d = job.g.shape[0]
-                    lo, hi = w * d // parts, (w + 1) * d // parts
-                    job.shares[w] = _rows_share(job.g, job.z, lo, hi, job.sink, job.diag, block_bytes)
+                    lo, hi = w * d // job.parts, (w + 1) * d // job.parts
+                    _rows_share(job.g, job.z, lo, hi, job.sink, job.diag, block_bytes, shares[job.group][w, job.index])
         except BaseException as err:  # noqa: BLE001 - re-raised by verdicts() on the caller's thread
             errors.append(err)
 
     def _run(self) -> None:
+        # Every output preallocated per group of Grams of one shape and dtype (see _rows_share).
+        members: dict[tuple[Any, ...], list[_Job]] = {}
+        for job in self.jobs:
+            if job.z is not None:
+                job.index = len(members.setdefault(job.group, []))
+                members[job.group].append(job)
+        shares = {}
+        for group, jobs in members.items():
+            (d, _), dtype, parts = group[0], group[1], jobs[0].parts
+            shares[group] = np.empty((parts, len(jobs), self.probes, d), dtype)
+            diags = np.empty((len(jobs), d), dtype)
+            for job in jobs:
+                job.diag = diags[job.index]
         errors: list[BaseException] = []
-        needed = max((len(job.shares) for job in self.jobs), default=1)
-        threads = [threading.Thread(target=self._work, args=(w, errors), name=f"probe-{w}", daemon=True)
+        needed = max((job.parts for job in self.jobs), default=1)
+        threads = [threading.Thread(target=self._work, args=(w, shares, errors), name=f"probe-{w}", daemon=True)
                    for w in range(1, needed)]
         for t in threads:
             t.start()
-        self._work(0, errors)  # the caller's thread is worker 0
+        self._work(0, shares, errors)  # the caller's thread is worker 0
         for t in threads:
             t.join()
         if errors:
             raise errors[0]
-        for job in self.jobs:
-            if job.product is None:
-                job.product = _sum_shares(job.shares)
+        for group, jobs in members.items():
+            for job, t in zip(jobs, _products_of_shares(shares[group], self.bases[group])):
+                job.product = t
 
     def verdicts(self) -> dict[int, str | None]:
         self._run()
