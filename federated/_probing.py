@@ -174,15 +174,15 @@ def probe_verdicts(grams: list[np.ndarray], diags: list[np.ndarray], products: l
 
 
 class _Job:
-    """One Gram to probe: its verdict key, group, basis, sink, number of row parts, and (set by
-    :meth:`Prober._run`) its index among its group's Grams, its diagonal and ``T``."""
+    """One Gram to probe: its verdict key, group, index among its group's Grams, basis, sink, number of row parts,
+    and (set by :meth:`Prober._run`) its diagonal and ``T``."""
 
     __slots__ = ("key", "group", "g", "z", "sink", "parts", "index", "product", "diag")
 
-    def __init__(self, key: int, group: tuple[Any, ...], g: np.ndarray, z: np.ndarray | None,
+    def __init__(self, key: int, group: tuple[Any, ...], index: int, g: np.ndarray, z: np.ndarray | None,
                  sink: np.ndarray | None, parts: int) -> None:
-        self.key, self.group, self.g, self.z, self.sink, self.parts = key, group, g, z, sink, parts
-        self.index = 0
+        self.key, self.group, self.index, self.g, self.z = key, group, index, g, z
+        self.sink, self.parts = sink, parts
         self.product: np.ndarray | None = None
         self.diag: np.ndarray | None = None
 
@@ -208,6 +208,7 @@ class Prober:
         self.workers = min(_MAX_WORKERS, cpu_count()) if workers is None else max(1, int(workers))
         self.bases: dict[tuple[Any, ...], np.ndarray | None] = {}
         self.jobs: list[_Job] = []
+        self.groups: dict[tuple[Any, ...], list[_Job]] = {}  # the jobs of each (shape, dtype), in input order
 
     def add(self, key: int, g: np.ndarray, sink: np.ndarray | None = None) -> None:
         """Queue ``g`` (its verdict is read by ``key``), to be added into ``sink`` on the way if given."""
@@ -216,7 +217,9 @@ class Prober:
             self.bases[group] = probe_basis(g.shape[0], self.probes, self.rng, g.dtype)
         z = self.bases[group]
         parts = 1 if z is None else max(1, min(self.workers, g.shape[0] // _MIN_ROWS_PER_WORKER))
-        self.jobs.append(_Job(key, group, g, z, sink, parts))
+        members = self.groups.setdefault(group, [])
+        members.append(_Job(key, group, len(members), g, z, sink, parts))
+        self.jobs.append(members[-1])
 
     def _work(self, w: int, shares: dict[tuple[Any, ...], np.ndarray], errors: list[BaseException]) -> None:
         """Worker ``w``'s rows of every Gram, in input order (so each sink entry sees its additions in order).
@@ -238,11 +241,7 @@ class Prober:
 
     def _run(self) -> None:
         # Every output preallocated per group of Grams of one shape and dtype (see _rows_share).
-        members: dict[tuple[Any, ...], list[_Job]] = {}
-        for job in self.jobs:
-            if job.z is not None:
-                job.index = len(members.setdefault(job.group, []))
-                members[job.group].append(job)
+        members = {group: jobs for group, jobs in self.groups.items() if self.bases[group] is not None}
         shares = {}
         for group, jobs in members.items():
             (d, _), dtype, parts = group[0], group[1], jobs[0].parts
@@ -267,11 +266,8 @@ class Prober:
 
     def verdicts(self) -> dict[int, str | None]:
         self._run()
-        members: dict[tuple[Any, ...], list[_Job]] = {}
-        for job in self.jobs:
-            members.setdefault(job.group, []).append(job)
         out: dict[int, str | None] = {}
-        for group, jobs in members.items():
+        for group, jobs in self.groups.items():
             verdicts = probe_verdicts([j.g for j in jobs], [j.diag for j in jobs], [j.product for j in jobs],
                                       self.bases[group])
             out.update(zip((j.key for j in jobs), verdicts))
