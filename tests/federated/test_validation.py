@@ -46,8 +46,26 @@ def _not_psd(u):
     return corrupt(u, xtx=(vec * lam) @ vec.T)
 
 
+def _cross_entry(value):
+    def make(u):
+        r = u.xty.copy()
+        r[1, 0] = value
+        return corrupt(u, xty=r)
+    return make
+
+
+def _negative_diagonal(u):
+    g = u.xtx.copy()
+    g[3, 3] = -1.0
+    return corrupt(u, xtx=g)
+
+
 MALFORMED = {
     "nan": (_nan, "NaN"),
+    "nan_cross": (_cross_entry(np.nan), "xty has 1 NaN/inf"),
+    "inf_cross": (_cross_entry(-np.inf), "xty has 1 NaN/inf"),
+    "huge_cross": (_cross_entry(1e300), "xty has entries above"),
+    "negative_diagonal": (_negative_diagonal, "diagonal entry -1"),
     "asymmetric": (_asymmetric, "not symmetric"),
     "wrong_shape": (lambda u: corrupt(u, xty=np.zeros((D + 1, C))), "shape"),
     "wrong_dtype": (lambda u: corrupt(u, xtx=u.xtx.astype(np.int64)), "dtype"),
@@ -56,6 +74,16 @@ MALFORMED = {
     "bad_gamma": (lambda u: corrupt(u, gamma=float("inf")), "gamma"),
     "too_many_classes": (lambda u: corrupt(u, xty=np.zeros((D, C + 2))), "columns"),
 }
+
+
+def test_large_finite_cross_moment_within_the_bound_is_accepted(clients):
+    # 1e200 squares to inf, so the dot-product shortcut of the cross-moment check overflows: the exact scan
+    # must then accept it (it is below MAX_ENTRY), and 1e299 above the bound must still be refused.
+    ups = clients[3]
+    big = _cross_entry(1e200)(ups[0])
+    assert check_upload(big, kind=messages.AFLUpload, dim=D, classes=C).xty[1, 0] == 1e200
+    with pytest.raises(ValueError, match="entries above"):
+        check_upload(_cross_entry(-1e299)(ups[0]), kind=messages.AFLUpload, dim=D, classes=C)
 
 
 @pytest.mark.parametrize("defect", sorted(MALFORMED))
