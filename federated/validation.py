@@ -63,7 +63,6 @@ transport's job.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -175,22 +174,31 @@ def _check_array(who: str, name: str, a: Any, shape: tuple[int | None, ...], dty
                  scan: bool = True) -> tuple[np.ndarray, float]:
     """The checked array and its ``max |entry|`` (reused by the Gram checks instead of a second pass); with
     ``scan=False`` only type, dtype and shape, and the returned ``max |entry|`` is NaN (unknown)."""
-    if not isinstance(a, np.ndarray):
+    if type(a) is not np.ndarray:
         # Only NumPy arrays (and array-likes such as jax.Array with an __array__) -- never lists or strings.
         if not hasattr(a, "__array__") or isinstance(a, (str, bytes)):
             raise TypeError(f"{who}: {name} must be an array, got {type(a).__name__}")
-        a = np.asarray(a)
-        if not isinstance(a, np.ndarray):
+        a = np.asarray(a)  # also drops ndarray subclasses (np.matrix, masked arrays): their operators differ
+        if type(a) is not np.ndarray:
             raise TypeError(f"{who}: {name} could not be read as an array")
-    a = np.asarray(a)  # drops ndarray subclasses (np.matrix, masked arrays): their operators differ
     if a.dtype not in _FLOATS:
         raise TypeError(f"{who}: {name} has dtype {a.dtype}; float32 or float64 expected")
     if dtype is not None and a.dtype != np.dtype(dtype):
         raise TypeError(f"{who}: {name} has dtype {a.dtype}; this server expects {np.dtype(dtype)}")
-    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+    if a.shape != shape and not _shape_matches(a.shape, shape):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{who}: {name} has shape {a.shape}, expected {want}")
     return a, (_peak(who, name, a) if scan else math.nan)
+
+
+def _shape_matches(got: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+    """``got`` has ``want``'s rank and its sizes where ``want`` names one (``None``: any size)."""
+    if len(got) != len(want):
+        return False
+    for size, wanted in zip(got, want):  # a plain loop: a generator per call cost ~1 µs per message
+        if wanted is not None and size != wanted:
+            return False
+    return True
 
 
 def _peak(who: str, name: str, a: np.ndarray) -> float:
@@ -315,7 +323,9 @@ def _check_one(message: Any, *, kind: type, dim: int | None, classes: int | None
         raise ValueError(f"{who}: count is 0 but the statistics are non-zero")
     _check_gram(who, gram_name, gram, scale, psd)
     fields[gram_name], fields[cross_name] = gram, cross
-    return dataclasses.replace(message, **fields), who, gram
+    # Every field of each message kind is set above (the normalized copy is built afresh, not copied from the
+    # sender's object): about 1 µs per message less than dataclasses.replace.
+    return kind(**fields), who, gram
 
 
 def _rng(probe_seed: Any) -> np.random.Generator:
