@@ -283,3 +283,20 @@ def test_split_mirror_works_in_a_forked_child():
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_agrees_with_isfinite_including_where_the_sum_of_squares_overflows(dtype):
+    from analytic.host_kernels import _all_finite
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 30)).astype(dtype)
+    huge = a.copy()
+    huge[3, 4] = np.finfo(dtype).max / 4  # finite, but its square overflows the BLAS sum: the exact scan decides
+    cases = [a, huge, a[:, ::2], np.zeros((0, 3), dtype)]
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[7, 11] = bad
+        cases.append(b)
+    for c in cases:
+        assert _all_finite(c) == bool(np.isfinite(c).all())

@@ -91,6 +91,31 @@ def test_condition_estimate_brackets_the_true_condition_number(seed):
     assert float(estimate) >= float(pivot)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_condition_estimate_skips_power_steps_only_where_the_warning_decision_is_already_known(seed):
+    # With a warning limit, the power steps are skipped when trace(A + γI)/λ̂min ≤ limit. Then both the skipped and
+    # the full estimate are ≤ limit (same decision), the skipped one still never exceeds κ; above it, they are equal.
+    from analytic.solve import _condition_estimate, _probes
+
+    d, gamma = 60, 1e-3
+    rng = np.random.default_rng(seed)
+    spectrum = np.concatenate([10 ** rng.uniform(-2, 4, d - 20), np.zeros(20)])
+    a = jnp.asarray(_spd(d, spectrum, seed))
+    kappa = (spectrum.max() + gamma) / (spectrum.min() + gamma)
+    probes = _probes(d, np.float64)
+    solved, pivot = cholesky_ridge_solve(a, jnp.concatenate([jnp.ones((d, 2)), probes], axis=1), gamma)
+    full = float(_condition_estimate(a, solved, probes, gamma, pivot)[1])
+    lam_min = float(jnp.linalg.norm(probes) / jnp.linalg.norm(solved[:, 2:]))
+    trace_ratio = (float(jnp.trace(a)) + d * gamma) / lam_min
+    assert trace_ratio >= full  # the bound the skip relies on
+    for limit in (trace_ratio * 1.01, trace_ratio * 0.99, full * 0.5):
+        estimate = float(_condition_estimate(a, solved, probes, gamma, pivot, limit)[1])
+        assert (estimate > limit) == (full > limit)
+        assert estimate <= kappa * (1 + 1e-6)
+        if limit < trace_ratio:  # not skipped: the power estimate itself
+            assert estimate == full
+
+
 def test_float32_rank_deficient_gram_warns_where_the_pivot_ratio_alone_is_silent():
     # Fewer rows than features (the continual setting: a wide buffer): the Cholesky pivots stay within 1e3 of each
     # other although κ(A + γI) = 1e6, where float32 keeps about one significant digit.
