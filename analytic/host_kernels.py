@@ -9,11 +9,11 @@ NumPy makes once. :func:`jax.pure_callback` can reach the host BLAS, but copies 
 
 This module registers its kernels with the XLA FFI (:func:`jax.ffi.register_ffi_target`, typed API). Each is a
 Python function behind a ``ctypes`` C callback (:mod:`analytic._xla_ffi`): XLA passes it pointers to its buffers,
-the handler wraps them as NumPy arrays *in place* (no copy) and calls SciPy's BLAS/LAPACK wrappers on them, writing
-into the result buffers -- which may alias the accumulated state (``in_place=True``, ``input_output_aliases``) so a
-step on a donated state, or inside a ``scan``, updates it where it lies. Every product goes through SciPy's BLAS
-(:func:`_gemm`), never NumPy's ``@``: the two wheels bundle separate OpenBLAS builds whose idle threads spin
-against each other.
+the handler wraps them as NumPy arrays *in place* (no copy) and calls BLAS/LAPACK on them, writing into the result
+buffers -- which may alias the accumulated state (``in_place=True``, ``input_output_aliases``) so a step on a
+donated state, or inside a ``scan``, updates it where it lies. Every routine of every kernel comes from one library:
+NumPy's own BLAS (``np.matmul`` and the bindings of :mod:`analytic._openblas`) where it binds, else SciPy's wrappers
+throughout -- the NumPy and SciPy wheels bundle separate OpenBLAS builds whose idle threads spin against each other.
 
 * :func:`matmul` -- large products (buffer maps, fusion, read-outs), differentiable through a custom JVP.
 * :func:`gram_add` -- ``(G + xᵀx, H + xᵀy)``: SYRK into one triangle of ``G`` plus a mirror (OpenBLAS's
@@ -45,15 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import blas, lapack
 
-from analytic import _xla_ffi
+from analytic import _openblas, _xla_ffi
+from analytic._openblas import NO_TRANS, NON_UNIT, RIGHT, ROW_MAJOR, TRANS, UPPER
 
 __all__ = ["enabled", "matmul", "gram_add", "gram_add_checked", "class_gram_add", "cholesky_solve", "woodbury_step"]
 
 
 # -- the kernels (NumPy views of XLA's buffers in, results written in place) --------------------------------------
 _MIRROR_TILE = 128  # panel width of the mirror: 64-256 measured within 10% with omatcopy, 512 2-3× slower
-_OMATCOPY: dict[np.dtype, Any] | None = None  # found on the first mirror (_find_omatcopy)
-_ROW_MAJOR, _TRANS = 101, 112  # CBLAS_ORDER.CblasRowMajor, CBLAS_TRANSPOSE.CblasTrans
 _MIRROR_SPLIT_BYTES = 1 << 24  # from 16 MB (float64 d = 1448) up two threads transpose: 8.3 -> 5.9 ms at d = 2048
 _MIRROR_POOL: Any = None
 
@@ -64,47 +63,6 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-def _omatcopy_symbol(lib: Any, letter: str, ctype: Any) -> Any:
-    """``{scipy_,}cblas_{letter}omatcopy{,64_}`` of ``lib`` with its argument types set, or ``None``."""
-    import ctypes
-
-    for name in (f"{prefix}cblas_{letter}omatcopy{suffix}" for prefix in ("scipy_", "") for suffix in ("", "64_")):
-        fun = getattr(lib, name, None)
-        if fun is not None:
-            itype = ctypes.c_int64 if name.endswith("64_") else ctypes.c_int
-            fun.restype = None
-            fun.argtypes = [ctypes.c_int, ctypes.c_int, itype, itype, ctype, ctypes.c_void_p, itype, ctypes.c_void_p,
-                            itype]
-            return fun
-    return None
-
-
-def _find_omatcopy() -> dict[np.dtype, Any]:
-    """OpenBLAS's ``cblas_?omatcopy`` (a blocked out-of-place transpose) from a BLAS library already loaded, by dtype.
-
-    The mirror of a Gram is a transposed copy of half a ``d×d`` matrix: NumPy's strided copies run it 3-20× slower
-    than OpenBLAS's transpose kernel (float32, d = 1024: 3.4 vs 1.2 ms; d = 4096: 331 vs 17 ms), longer than the
-    SYRK it completes. The library is found through :mod:`threadpoolctl` (SciPy's bundled OpenBLAS first, which
-    prefixes its symbols ``scipy_``; a 64-bit-integer build suffixes them ``64_``). Empty when none is loaded
-    (MKL, reference BLAS): the mirror then falls back to NumPy tiles."""
-    import ctypes
-
-    from threadpoolctl import threadpool_info
-
-    libs = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
-    libs.sort(key=lambda i: 0 if "scipy.libs" in str(i.get("filepath", "")) else 1)
-    for info in libs:
-        try:
-            lib = ctypes.CDLL(info["filepath"])
-        except OSError:
-            continue
-        found = {np.dtype(np.float32): _omatcopy_symbol(lib, "s", ctypes.c_float),
-                 np.dtype(np.float64): _omatcopy_symbol(lib, "d", ctypes.c_double)}
-        if all(fun is not None for fun in found.values()):
-            return found
-    return {}
 
 
 def _forget_mirror_pool() -> None:
@@ -125,7 +83,7 @@ def _mirror_panels(g: np.ndarray, start: int, stop: int, transpose: Any) -> None
             continue
         if transpose is not None:
             # g[j:, i:j] = g[i:j, j:]ᵀ: a (j-i)×(d-j) source of leading dimension d into a (d-j)×(j-i) target.
-            transpose(_ROW_MAJOR, _TRANS, j - i, d - j, 1.0, base + (i * d + j) * item, d, base + (j * d + i) * item, d)
+            transpose(ROW_MAJOR, TRANS, j - i, d - j, 1.0, base + (i * d + j) * item, d, base + (j * d + i) * item, d)
         else:
             for k in range(j, d, t):
                 g[k:k + t, i:j] = g[i:j, k:k + t].T
@@ -133,16 +91,16 @@ def _mirror_panels(g: np.ndarray, start: int, stop: int, transpose: Any) -> None
 
 def _mirror_upper(g: np.ndarray) -> None:
     """Copy the upper triangle of the C-ordered square ``g`` onto its lower one, panel by panel: each panel below a
-    diagonal block as the transpose of the panel to its right (:func:`_find_omatcopy`), the diagonal blocks by
-    one indexed NumPy copy (:func:`_diagonal_block_pairs`).
+    diagonal block as the transpose of the panel to its right (OpenBLAS's ``omatcopy``, :mod:`analytic._openblas`;
+    NumPy tiles where it is not bound), the diagonal blocks by one indexed NumPy copy (:func:`_diagonal_block_pairs`).
 
     A large ``g`` is split between this thread and one worker at the panel that halves the area (ctypes releases
     the GIL for the foreign call, so the two transposes run at once); the panels are disjoint."""
-    global _OMATCOPY, _MIRROR_POOL
-    if _OMATCOPY is None:
-        _OMATCOPY = _find_omatcopy()
+    global _MIRROR_POOL
     d, t = g.shape[0], _MIRROR_TILE
-    transpose = _OMATCOPY.get(g.dtype) if g.flags.c_contiguous else None
+    fast = _openblas.routines(g.dtype)
+    transpose = (fast.omatcopy if fast is not None else _openblas.scipy_omatcopy(g.dtype)) if g.flags.c_contiguous \
+        else None
     cut = 0
     if transpose is not None and g.nbytes >= _MIRROR_SPLIT_BYTES and cpu_count() > 1:
         cut = int(d * (1 - 2 ** -0.5)) // t * t  # panels [0, cut) hold about half the lower triangle
@@ -195,17 +153,30 @@ def _fortran(a: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, alpha: float = 1.0,
           beta: float = 0.0) -> np.ndarray:
-    """``α a b (+ β out)`` through SciPy's GEMM, C-ordered, computed as ``(bᵀaᵀ)ᵀ`` on F views (no copies).
+    """``α a b (+ β out)``, C-ordered: NumPy's ``np.matmul`` where the other routines are NumPy's BLAS too
+    (:mod:`analytic._openblas`), else SciPy's GEMM as ``(bᵀaᵀ)ᵀ`` on F views (no copies).
 
-    Every product in these kernels goes through SciPy's BLAS rather than NumPy's ``@``: the two wheels bundle
-    separate OpenBLAS builds whose idle worker threads spin, and alternating between them measured 2-8× slower
-    than either alone on a 2-core machine (a 1024² SYRK followed by a 1024×10 GEMM: 8.0 ms mixed, 1.0 ms in one).
+    Every product of a kernel runs in one BLAS library: the NumPy and SciPy wheels bundle separate OpenBLAS builds
+    whose idle worker threads spin, and alternating between them measured 2-8× slower than either alone on a
+    2-core machine (a 1024² SYRK followed by a 1024×10 GEMM: 8.0 ms mixed, 1.0 ms in one).
     """
     m, n = a.shape[0], b.shape[1]
     if out is None and (m == 0 or n == 0 or a.shape[1] == 0):
         return np.zeros((m, n), np.result_type(a, b))
     if out is not None and (out.size == 0 or a.shape[1] == 0):
         out *= beta
+        return out
+    if _openblas.routines(a.dtype) is not None:
+        if out is not None and alpha == 1.0 and beta == 0.0:
+            return np.matmul(a, b, out=out)
+        prod = np.matmul(a, b)
+        if alpha != 1.0:
+            prod *= alpha
+        if out is None:
+            return prod
+        if beta != 1.0:
+            out *= beta
+        out += prod
         return out
     bt, trans_b = _fortran(b.T)
     at, trans_a = _fortran(a.T)
@@ -219,9 +190,15 @@ def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None, alpha: fl
 
 
 def _syrk_into(g: np.ndarray, a: np.ndarray, alpha: float) -> None:
-    """``g ← g + α aᵀa`` in place for a C-ordered symmetric ``g`` and C-ordered ``a (n, d)``: one SYRK on the
-    column-major view (``gᵀ`` is ``g``), which updates the upper triangle of ``g``, then the mirror."""
-    if a.shape[0]:
+    """``g ← g + α aᵀa`` in place for a C-ordered symmetric ``g`` and C-ordered ``a (n, d)``: one SYRK into the
+    upper triangle of ``g`` (NumPy's BLAS row-major, else SciPy's on the column-major view ``gᵀ``, which is
+    ``g``), then the mirror."""
+    n, d = a.shape
+    fast = _openblas.routines(g.dtype)
+    if n and fast is not None:
+        a = np.ascontiguousarray(a)
+        fast.syrk(ROW_MAJOR, UPPER, TRANS, d, n, alpha, a.ctypes.data, d, 1.0, g.ctypes.data, d)
+    elif n:
         out = _blas("syrk", g.dtype)(alpha, a.T, beta=1.0, c=g.T, trans=0, lower=1, overwrite_c=1)
         if out.ctypes.data != g.ctypes.data:  # the wrapper refused to work in place (it never should)
             g[...] = out.T
@@ -285,10 +262,45 @@ def _all_finite(a: np.ndarray) -> bool:
     2.8 ms for ``np.isfinite`` over a 2048² float64 Gram); the exact scan decides only where that sum overflows."""
     if not a.size:
         return True
-    flat = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a)
-    if np.isfinite(_blas("dot", a.dtype)(flat, flat)):
+    flat = np.ascontiguousarray(a).reshape(-1)
+    fast = _openblas.routines(a.dtype)
+    total = (fast.dot(flat.size, flat.ctypes.data, 1, flat.ctypes.data, 1) if fast is not None
+             else _blas("dot", a.dtype)(flat, flat))
+    if np.isfinite(total):
         return True
     return bool(np.isfinite(a).all())
+
+
+def _potrf_upper(m: np.ndarray) -> int:
+    """Cholesky of the C-ordered symmetric ``m`` in place: afterwards its upper triangle holds ``U`` with
+    ``m = UᵀU`` (LAPACK's lower factor of the column-major view, which is the same matrix); the strict lower triangle
+    keeps its input. Returns LAPACK's ``info`` (0: definite)."""
+    fast = _openblas.routines(m.dtype)
+    if fast is not None:
+        return _openblas.potrf_lower_of_row_major_upper(fast, m)
+    out, info = lapack.get_lapack_funcs(("potrf",), (m,))[0](m.T, lower=1, clean=0, overwrite_a=1)
+    if out.ctypes.data != m.ctypes.data:  # the wrapper refused to work in place (it never should)
+        m[...] = out.T
+    return int(info)
+
+
+def _trsm_upper(u: np.ndarray, b: np.ndarray, right: bool, trans: bool) -> np.ndarray:
+    """``b ← op(U)⁻¹ b`` (``right=False``) or ``b op(U)⁻¹`` (``right=True``) in place, ``op(U) = Uᵀ`` if ``trans``,
+    for the upper triangle ``U`` of the C-ordered ``u`` (:func:`_potrf_upper`) and a C-ordered ``b``. SciPy's path
+    solves the transposed system on the column-major views (``u``'s is ``Uᵀ``, lower)."""
+    m, n = b.shape
+    if not b.size:
+        return b
+    fast = _openblas.routines(u.dtype)
+    if fast is not None:
+        fast.trsm(ROW_MAJOR, RIGHT if right else _openblas.LEFT, UPPER, TRANS if trans else NO_TRANS, NON_UNIT,
+                  m, n, 1.0, u.ctypes.data, u.shape[0], b.ctypes.data, n)
+        return b
+    out = _blas("trsm", u.dtype)(1.0, u.T, b.T, side=0 if right else 1, lower=1, trans_a=1 if trans else 0,
+                                 overwrite_b=1)
+    if out.ctypes.data != b.ctypes.data:
+        b[...] = out.T
+    return b
 
 
 def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
@@ -298,17 +310,16 @@ def _cholesky_solve_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> Non
     if not (_all_finite(a) and _all_finite(b)):
         w[...] = np.nan
         return
-    potrf, potrs = lapack.get_lapack_funcs(("potrf", "potrs"), (a,))
-    m = a.copy()  # symmetric: its C order is a column-major copy, factored in place
+    m = a.copy()
     m.flat[:: m.shape[0] + 1] += gamma
-    chol, info = potrf(m.T, lower=1, clean=0, overwrite_a=1)
-    if info != 0:
+    if _potrf_upper(m) != 0:
         w[...] = np.nan
         return
-    sol, info = potrs(chol, b, lower=1)
-    w[...] = sol
-    diag = np.abs(np.diagonal(chol))
-    if info == 0 and np.isfinite(sol).all():
+    w[...] = b  # (A + γI)⁻¹ B = U⁻¹ U⁻ᵀ B, solved where the result lies
+    _trsm_upper(m, w, right=False, trans=True)
+    _trsm_upper(m, w, right=False, trans=False)
+    diag = np.abs(np.diagonal(m))
+    if np.isfinite(w).all():
         kappa[...] = (diag.max() / diag.min()) ** 2
 
 
@@ -332,9 +343,8 @@ def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     rxt = _gemm(r, x.T)                                                # R Xᵀ (d, b)
     k = _gemm(x, rxt, out=np.eye(b, dtype=r.dtype), beta=1.0)          # K = I + X R Xᵀ
     k = 0.5 * (k + k.T)
-    chol, info = lapack.get_lapack_funcs(("potrf",), (k,))[0](k, lower=1, clean=1)
-    if info != 0:
-        chol = np.full_like(k, np.nan)                                 # flags the step as broken (not committed)
+    u = k                                                              # K = UᵀU, L = Uᵀ
+    chol = np.triu(u).T if _potrf_upper(u) == 0 else np.full_like(k, np.nan)  # NaN: broken, not committed
     if b == chol_out.shape[0]:
         chol_out[...] = chol
     else:
@@ -343,10 +353,10 @@ def _woodbury_kernel(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
     if not np.isfinite(chol).all():
         _copy_unless_aliased(new_w, w)
         return
-    # V = R Xᵀ L⁻ᵀ solves V Lᵀ = R Xᵀ; then R Xᵀ K⁻¹ = V L⁻¹ (the gain R' Xᵀ) and R Xᵀ K⁻¹ X R = V Vᵀ.
-    trsm = _blas("trsm", r.dtype)
-    v = trsm(1.0, chol, rxt, side=1, lower=1, trans_a=1)
-    gain = trsm(1.0, chol, v, side=1, lower=1, trans_a=0)
+    # V = R Xᵀ L⁻ᵀ solves V Lᵀ = V U = R Xᵀ; then R Xᵀ K⁻¹ = V L⁻¹ (the gain R' Xᵀ, solving gain Uᵀ = V) and
+    # R Xᵀ K⁻¹ X R = V Vᵀ.
+    v = _trsm_upper(u, rxt, right=True, trans=False)
+    gain = _trsm_upper(u, v.copy(), right=True, trans=True)
     weight = _gemm(gain, _gemm(x, w, out=y.copy(), alpha=-1.0, beta=1.0), out=w.copy(), beta=1.0)  # W + gain(Y − XW)
     # The verdict of analytic.health.rls_health, decided before R is written (so aliased, donated R and W are left
     # as they were when it fails): finite pivots ≥ 1/2, diag(R') = diag(R) − rowsums(V∘V) finite and > 0, W' finite.

@@ -15,11 +15,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from analytic import _xla_ffi, host_kernels, rls_init
+from analytic import _openblas, _xla_ffi, host_kernels, rls_init
 from analytic.rls import rls_step_checked
 from analytic.solve import cholesky_ridge_solve, ridge_solve
 
 pytestmark = pytest.mark.skipif(not host_kernels.enabled(jnp.zeros(1)), reason="host kernels serve the CPU backend")
+
+
+@pytest.fixture(autouse=True, params=["numpy-blas", "scipy-blas"])
+def blas_library(request, monkeypatch):
+    # Every kernel test runs on both libraries the kernels can call: NumPy's BLAS through analytic._openblas (the
+    # default where it binds) and SciPy's wrappers (the fallback everywhere else).
+    if request.param == "scipy-blas":
+        monkeypatch.setattr(_openblas, "routines", lambda dtype: None)
+    elif _openblas.routines(np.float64) is None:
+        pytest.skip("NumPy's BLAS does not bind here (the SciPy path is tested beside)")
+    return request.param
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 1e-5)])
@@ -42,8 +53,9 @@ def test_gram_add_equals_numpy_and_is_exactly_symmetric(dtype, tol):
 def test_mirror_copies_the_upper_triangle_exactly(d, dtype, transpose, monkeypatch):
     # Both transposes (OpenBLAS's omatcopy where a loaded BLAS has it, NumPy tiles otherwise), every panel edge.
     if transpose == "numpy":
-        monkeypatch.setattr(host_kernels, "_OMATCOPY", {})
-    elif not host_kernels._find_omatcopy():
+        monkeypatch.setattr(_openblas, "routines", lambda dtype: None)
+        monkeypatch.setattr(_openblas, "scipy_omatcopy", lambda dtype: None)
+    elif _openblas.routines(dtype) is None and _openblas.scipy_omatcopy(dtype) is None:
         pytest.skip("no loaded OpenBLAS exports cblas_?omatcopy (the NumPy path is tested beside)")
     rng = np.random.default_rng(d)
     upper = np.triu(rng.standard_normal((d, d))).astype(dtype)
@@ -300,3 +312,29 @@ def test_all_finite_agrees_with_isfinite_including_where_the_sum_of_squares_over
         cases.append(b)
     for c in cases:
         assert _all_finite(c) == bool(np.isfinite(c).all())
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
+def test_cholesky_and_triangular_solves_of_both_libraries_equal_numpy(dtype, tol, blas_library):
+    # The factor helpers behind the Cholesky and Woodbury kernels, on whichever library the fixture selected:
+    # U with UᵀU = A in the upper triangle (the lower one keeps its input), solves with U and Uᵀ from either side,
+    # and a non-definite matrix reported by LAPACK's info.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((80, 50))
+    a = (x.T @ x + np.eye(50)).astype(dtype)
+    m = a.copy()
+    assert host_kernels._potrf_upper(m) == 0
+    u = np.triu(m)
+    np.testing.assert_allclose(u.T.astype(np.float64) @ u, a, rtol=0, atol=tol * np.abs(a).max())
+    assert np.array_equal(np.tril(m, -1), np.tril(a, -1))
+    b = rng.standard_normal((50, 7)).astype(dtype)
+    u64 = u.astype(np.float64)
+    for right, trans in ((False, False), (False, True), (True, False), (True, True)):
+        rhs = b.T.copy() if right else b.copy()
+        op = u64.T if trans else u64
+        expect = rhs.astype(np.float64) @ np.linalg.inv(op) if right else np.linalg.solve(op, rhs.astype(np.float64))
+        got = host_kernels._trsm_upper(m, rhs, right=right, trans=trans)
+        np.testing.assert_allclose(got, expect, rtol=0, atol=tol * 10 * np.abs(expect).max())
+    indefinite = a.copy()
+    indefinite[10, 10] = -1.0
+    assert host_kernels._potrf_upper(indefinite) > 0
