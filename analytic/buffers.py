@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from analytic import host_kernels
 from analytic.checkpoint import register_checkpoint_type
@@ -98,6 +99,15 @@ class RandomBuffer:
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"buffer expects x of shape (n, {self.in_dim}), got {tuple(x.shape)}")
         return _apply_buffer(self, x)
+
+    def entry_bound(self) -> tuple[float, float]:
+        """``(M, β)`` with ``|φ(x)ⱼ| ≤ M ‖x‖₂ + β`` for every input row ``x`` and unit ``j``: ``M`` the largest
+        column norm of ``A``, ``β = max |b| + 1`` (every activation of :data:`ACTIVATIONS` has ``|σ(z)| ≤ |z| + 1``;
+        Cauchy-Schwarz bounds ``|(xA)ⱼ|``). Host floats, in float64."""
+        a = np.asarray(self.weight, np.float64)
+        m = float(np.sqrt(np.max(np.einsum("ij,ij->j", a, a)))) if a.size else 0.0
+        b = 0.0 if self.bias is None else float(np.max(np.abs(np.asarray(self.bias, np.float64)), initial=0.0))
+        return m, b + 1.0
 
     def tree_flatten(self) -> tuple[tuple[Any, ...], str]:
         return (self.weight, self.bias), self.activation

@@ -24,6 +24,7 @@ from analytic.checkpoint import CheckpointError, check_like
 from analytic.sklearn_api import ClassLabels, LabelledClassifier, as_label_vector, encode_labels
 from analytic.validation import PreparedBatch, check_gamma, check_labels, prepare_batch
 from continual._donation import donating
+from continual._held_back import HeldBackRows
 
 #: Solvers of the learners' heads: additive statistics solved lazily on read, or the Woodbury recursion.
 SOLVERS = ("gram", "rls")
@@ -92,7 +93,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-class ContinualClassifier(LabelledClassifier):
+class ContinualClassifier(HeldBackRows, LabelledClassifier):
     """Base of the learners' class wrappers: a scikit-learn ``ClassifierMixin`` + ``BaseEstimator``.
 
     A subclass sets ``_module`` (the functional module: ``init``, ``update``, ``predict``, ``input_dim``,
@@ -138,7 +139,7 @@ class ContinualClassifier(LabelledClassifier):
         self._state = value
 
     def _fitted(self) -> bool:
-        return self._state is not None
+        return self.__dict__.get("_stored") is not None
 
     def _width(self) -> int:
         return int(self._module.num_classes(self._state))
@@ -177,7 +178,8 @@ class ContinualClassifier(LabelledClassifier):
 
     def _check_x_host(self, x: Any, name: str = "x") -> Any:
         """Validated features; host input stays on the host until :func:`prepare_batch`."""
-        return self._check_input(x, self.n_features_in_ if self._state is not None else None, name)
+        stored = self.__dict__.get("_stored")  # the input width: no need to learn held-back rows for it
+        return self._check_input(x, None if stored is None else int(self._module.input_dim(stored)), name)
 
     def _input_width(self, x: jax.Array) -> int:
         return x.shape[1]
@@ -199,41 +201,59 @@ class ContinualClassifier(LabelledClassifier):
         return int(self._module.input_dim(self._state))
 
     def partial_fit(self, x: Any, y: Any, classes: Any = None) -> ContinualClassifier:
-        """Learn one batch/phase. ``classes`` (all labels, or their count) fixes the label set and output width."""
+        """Learn one batch/phase. ``classes`` (all labels, or their count) fixes the label set and output width.
+
+        Where the head is additive statistics (a ``"gram"`` ACIL/GACL head), a batch of fewer than
+        ``_coalesce_below`` (64) rows may be held back and learned together with the next ones -- at the next read of
+        the learner (a prediction, ``coef_``, ``state``) or once ``_coalesce_rows`` (256) rows have gathered
+        (:meth:`save` writes them beside the state) -- which gives the same statistics up to rounding and spares
+        a pass over the ``d×d`` Gram per small batch. Such a batch is validated in full now, and
+        held back only if a bound on its features proves that learning it cannot overflow (:meth:`_coalesce`);
+        otherwise it is learned at once, so a batch that would be refused still raises from its own call."""
         params = self._checked_params()
-        if self._state is not None:
+        stored = self.__dict__.get("_stored")
+        if stored is not None:
             self._refuse_changed(params, self._fit_params)
         else:
             self._fit_params = params
         x = self._check_x_host(x)
         y = as_label_vector(y)
         labels, ids, declared = encode_labels(self._labels, y, classes, self._declared)
-        width = 0 if self._state is None else self._width()
+        width = 0 if stored is None else self._pending_width(stored)
         if declared is not None and declared < width:
             raise ValueError(f"classes declares {declared} classes but the learner already has {width} class columns")
         if ids.shape[0] != x.shape[0]:
             raise ValueError(f"y has {ids.shape[0]} labels but x has {x.shape[0]} rows")
-        state = self._state if self._state is not None else self._init_state(self._input_width(x), declared or 0)
-        batch = prepare_batch(x, ids, dim=None, classes=self._module.num_classes(state),
-                              dtype=self._module.state_dtype(state), validate=False, rows=self._padded_rows(x.shape[0]))
-        # The learner owns its state, so its Gram head may be updated in place (continual._donation); a refused
-        # batch hands back the unchanged state, which is kept.
-        with donating() as donation:
-            try:
-                new_state = self._update(state, batch)
-            except Exception:
-                if donation.restored is not None and self._state is not None:
-                    self._state = donation.restored
-                raise
+        if stored is not None and self._coalesce(stored, x, ids):
+            self._labels, self._declared = labels, declared
+            if self.__dict__["_pending_rows"] >= self._coalesce_rows:
+                self._flush()
+            return self
+        state = self._state if stored is not None else self._init_state(self._input_width(x), declared or 0)
+        new_state = self._learn(state, x, ids)
         # Only now does the learner change: any exception above left it as it was.
         self._state, self._labels, self._declared = new_state, labels, declared
         return self
+
+    def _learn(self, state: Any, x: Any, ids: np.ndarray) -> Any:
+        """``update`` on one prepared batch. The learner owns its state, so its Gram head may be updated in place
+        (continual._donation); a refused batch hands back the unchanged state, which is kept."""
+        batch = prepare_batch(x, ids, dim=None, classes=self._module.num_classes(state),
+                              dtype=self._module.state_dtype(state), validate=False, rows=self._padded_rows(x.shape[0]))
+        with donating() as donation:
+            try:
+                return self._update(state, batch)
+            except Exception:
+                if donation.restored is not None and self.__dict__.get("_stored") is not None:
+                    self.__dict__["_stored"] = donation.restored
+                raise
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, path: str, overwrite: bool = False) -> None:
         """Write the state, the constructor arguments (those the state was built with) and the label map with
         :func:`analytic.save_state` (digest-verified; an overwrite leaves the old or the new checkpoint loadable
-        whenever it is interrupted)."""
+        whenever it is interrupted). Rows held back by :meth:`partial_fit` are written as they are, beside the
+        state, so that a loaded learner goes on exactly as this one would."""
         self._require_fitted()
         self._refuse_changed(self._checked_params(), self._fit_params)
         params = {k: (_FROM_STATE if k in self._state_params and v is not None else _json_value(v))
@@ -244,7 +264,10 @@ class ContinualClassifier(LabelledClassifier):
             "n_classes_declared": self._declared,
             "labels": (self._labels or ClassLabels(None)).to_json(),
         }
-        save_state(path, self._state, metadata, overwrite=overwrite)
+        tree, held_back = self._held_back_tree(self.__dict__["_stored"])
+        if held_back:
+            metadata["held_back_rows"] = held_back
+        save_state(path, tree, metadata, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str) -> ContinualClassifier:
@@ -256,6 +279,15 @@ class ContinualClassifier(LabelledClassifier):
         """
         loaded, metadata = load_state(path)
         where = f"checkpoint {Path(path).absolute()}"
+        held_back = None
+        if "held_back_rows" in metadata:
+            rows = metadata.pop("held_back_rows")
+            if not (isinstance(loaded, dict) and set(loaded) == {"state", "held_back_x", "held_back_ids"}):
+                raise CheckpointError(f"{where}: held_back_rows is set but the rows are not stored beside the state")
+            held_back, loaded = (loaded["held_back_x"], loaded["held_back_ids"]), loaded["state"]
+            if isinstance(rows, bool) or not isinstance(rows, int) or held_back[1].shape != (rows,) \
+                    or held_back[0].shape[:1] != (rows,):
+                raise CheckpointError(f"{where}: held_back_rows={rows!r} does not match the stored rows")
         if metadata.get("learner") != cls.__name__:
             raise ValueError(f"{where} holds a {metadata.get('learner')!r} checkpoint, not {cls.__name__}")
         params, declared = metadata.get("params"), metadata.get("n_classes_declared")
@@ -291,4 +323,6 @@ class ContinualClassifier(LabelledClassifier):
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{where}: {err}") from err
         learner._state, learner._labels, learner._declared, learner._fit_params = loaded, labels, declared, checked
+        if held_back is not None:
+            learner._restore_held_back(*held_back, where)
         return learner

@@ -34,6 +34,7 @@ from analytic.health import RLSHealth
 from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.validation import check_features, check_gamma
 from continual._donation import commit, head_step
+from continual._held_back import gram_head_bound
 from continual._wrapper import ContinualClassifier, as_batch, check_solver, real_rows
 
 __all__ = ["ACILState", "init", "update", "predict", "ACIL"]
@@ -128,6 +129,10 @@ class ACIL(ContinualClassifier):
     _legacy_params = {"solver": "rls"}
 
     _state_params = {"buffer": "buffer"}
+    _coalesce_below = 64
+
+    def _coalesce_bound(self, state: ACILState) -> tuple[float, float, float, Any] | None:
+        return gram_head_bound(self, state.buffer, state.head)
 
     def __init__(
         self, gamma: float = 0.1, *, buffer_size: int | None = None, activation: str = "relu",

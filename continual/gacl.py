@@ -50,6 +50,7 @@ from analytic.lazy_solve import RidgeHead, head_accumulate, head_init
 from analytic.rls import rls_step_checked
 from analytic.validation import check_features, check_gamma
 from continual._donation import commit, head_step
+from continual._held_back import gram_head_bound
 from continual._wrapper import (
     ContinualClassifier,
     as_batch,
@@ -182,6 +183,10 @@ class GACL(ContinualClassifier):
     _module = sys.modules[__name__]
     _update_options = ("online_iter",)
     _legacy_params = {"solver": "rls"}
+    _coalesce_below = 64
+
+    def _coalesce_bound(self, state: GACLState) -> tuple[float, float, float, Any] | None:
+        return gram_head_bound(self, state.buffer, state.head, self._params()["online_iter"])
 
     def __init__(
         self, gamma: float = 100.0, *, online_iter: int = 1, buffer_size: int | None = None,
