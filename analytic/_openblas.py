@@ -13,10 +13,14 @@ the host kernels (:mod:`analytic.host_kernels`) call NumPy's rather than SciPy's
 
 GEMM needs no binding (``np.matmul`` is NumPy's GEMM). This module binds the rest: ``cblas_?syrk``,
 ``cblas_?trsm``, ``cblas_?omatcopy`` (OpenBLAS's blocked transpose; the mirror of a Gram, where NumPy's strided
-copies run 3-20× slower), ``cblas_?dot`` and LAPACK's ``?potrf_``. The library is the one :mod:`threadpoolctl`
-reports inside NumPy's installation; its symbols may carry SciPy-OpenBLAS's ``scipy_`` prefix and a 64-bit-integer
-build's ``64_`` suffix. :func:`routines` is ``None`` where any routine is missing (NumPy on MKL or Accelerate under
-other names, a source build): the kernels then use SciPy's wrappers throughout, one library again.
+copies run 3-20× slower), ``cblas_?dot`` and LAPACK's ``?potrf_`` and ``?syevd_``. The library is the one
+:mod:`threadpoolctl` reports inside NumPy's installation; its symbols may carry SciPy-OpenBLAS's ``scipy_``
+prefix and a 64-bit-integer build's ``64_`` suffix. :func:`routines` is ``None`` where any routine is missing
+(NumPy on MKL or Accelerate under other names, a source build): the kernels then use SciPy's wrappers throughout,
+one library again.
+
+JAX's own CPU LAPACK (``jnp.linalg``) is SciPy's OpenBLAS; code that runs such an op between host kernels meets the
+other pool's spinning threads, so the kernels cover the decompositions the learners need (``eigh`` too).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Routines", "routines", "scipy_omatcopy", "potrf_lower_of_row_major_upper", "ROW_MAJOR", "UPPER",
-           "LOWER", "NO_TRANS", "TRANS", "LEFT", "RIGHT", "NON_UNIT"]
+__all__ = ["Routines", "routines", "scipy_omatcopy", "potrf_lower_of_row_major_upper", "syevd_rows", "ROW_MAJOR",
+           "UPPER", "LOWER", "NO_TRANS", "TRANS", "LEFT", "RIGHT", "NON_UNIT"]
 
 # CBLAS enumerations.
 ROW_MAJOR, UPPER, LOWER, NO_TRANS, TRANS, LEFT, RIGHT, NON_UNIT = 101, 121, 122, 111, 112, 141, 142, 131
@@ -43,6 +47,7 @@ class Routines(NamedTuple):
     omatcopy: Any  # (order, trans, rows, cols, alpha, a, lda, b, ldb)
     dot: Any       # (n, x, incx, y, incy) -> real
     potrf: Any     # (uplo*, n*, a, lda*, info*)
+    syevd: Any     # (jobz*, uplo*, n*, a, lda*, w, work, lwork*, iwork, liwork*, info*)
     integer: Any   # the build's integer type (c_int or c_int64)
 
 
@@ -113,7 +118,7 @@ def routines(dtype: Any) -> Routines | None:
     letter, real = ("d", ctypes.c_double) if dt == np.float64 else ("s", ctypes.c_float)
     found = {name: _find(lib, base) for name, base in (
         ("syrk", f"cblas_{letter}syrk"), ("trsm", f"cblas_{letter}trsm"), ("omatcopy", f"cblas_{letter}omatcopy"),
-        ("dot", f"cblas_{letter}dot"), ("potrf", f"{letter}potrf_"))}
+        ("dot", f"cblas_{letter}dot"), ("potrf", f"{letter}potrf_"), ("syevd", f"{letter}syevd_"))}
     if any(v is None for v in found.values()) or len({wide for _, wide in found.values()}) != 1:
         return None
     i = ctypes.c_int64 if found["syrk"][1] else ctypes.c_int
@@ -122,7 +127,9 @@ def routines(dtype: Any) -> Routines | None:
              "trsm": ([e, e, e, e, e, i, i, real, p, i, p, i], None),
              "omatcopy": _OMATCOPY_TYPES(real, i),
              "dot": ([i, p, i, p, i], real),
-             "potrf": ([ctypes.c_char_p, ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i)], None)}
+             "potrf": ([ctypes.c_char_p, ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i)], None),
+             "syevd": ([ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(i), p, ctypes.POINTER(i), p, p,
+                        ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i)], None)}
     bound = {}
     for name, (fun, _) in found.items():
         fun.argtypes, fun.restype = types[name]
@@ -136,4 +143,23 @@ def potrf_lower_of_row_major_upper(r: Routines, a: np.ndarray) -> int:
     n = r.integer(a.shape[0])
     info = r.integer(0)
     r.potrf(b"L", ctypes.byref(n), a.ctypes.data, ctypes.byref(n), ctypes.byref(info))
+    return int(info.value)
+
+
+def syevd_rows(r: Routines, m: np.ndarray, w: np.ndarray) -> int:
+    """Eigen-decompose the C-ordered symmetric ``m`` in place (LAPACK's divide and conquer on its column-major view,
+    the same matrix): ``w`` receives the eigenvalues in ascending order and the *rows* of ``m`` the eigenvectors.
+    Returns LAPACK's info."""
+    i, n = r.integer, m.shape[0]
+    size, info = i(n), i(0)
+    work_size, iwork_size = np.zeros(1, m.dtype), np.zeros(1, np.int64 if i is ctypes.c_int64 else np.int32)
+    query = i(-1)
+    r.syevd(b"V", b"L", ctypes.byref(size), m.ctypes.data, ctypes.byref(size), w.ctypes.data, work_size.ctypes.data,
+            ctypes.byref(query), iwork_size.ctypes.data, ctypes.byref(query), ctypes.byref(info))
+    if info.value != 0:
+        return int(info.value)
+    lwork, liwork = int(work_size[0]), int(iwork_size[0])
+    work, iwork = np.empty(max(lwork, 1), m.dtype), np.empty(max(liwork, 1), iwork_size.dtype)
+    r.syevd(b"V", b"L", ctypes.byref(size), m.ctypes.data, ctypes.byref(size), w.ctypes.data, work.ctypes.data,
+            ctypes.byref(i(lwork)), iwork.ctypes.data, ctypes.byref(i(liwork)), ctypes.byref(info))
     return int(info.value)

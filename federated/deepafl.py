@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from analytic import RandomBuffer, gram_accumulate, gram_init, gram_update, ridge_fit, ridge_solve
+from analytic import RandomBuffer, gram_accumulate, gram_init, gram_update, host_kernels, ridge_fit, ridge_solve
 from analytic.buffers import learner_buffer
 from analytic.checkpoint import register_checkpoint_type
 from analytic.dtypes import resolve_dtype
@@ -118,12 +118,12 @@ def omega_solve(
     ``Ω = U₁[(U₁ᵀFᵀRV) ⊘ (λ₁ᵢλ₂ⱼ + γ)]VᵀWᵀ`` exactly, at ``O(d_F³ + d_F·d_Φ·c)`` instead of
     ``O(d_F³ + d_Φ³)``. Specific to DeepAFL's sandwiched least squares, so it lives here, not in the core.
     """
-    lam1, u1 = jnp.linalg.eigh(0.5 * (block_gram + block_gram.T))
+    lam1, u1 = host_kernels.eigh(block_gram)
     if thin:
-        lam2, v = jnp.linalg.eigh(matmul(weight.T, weight))
+        lam2, v = host_kernels.eigh(matmul(weight.T, weight))
         rhs, right = matmul(block_residual, v), matmul(v.T, weight.T)
     else:
-        lam2, u2 = jnp.linalg.eigh(matmul(weight, weight.T))
+        lam2, u2 = host_kernels.eigh(matmul(weight, weight.T))
         rhs = matmul(block_residual, matmul(weight.T, u2))
         right = u2.T
     # Both matrices are PSD; rounding can leave eigenvalues at -1e-16·λmax, which must not cancel γ.

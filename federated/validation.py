@@ -69,8 +69,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.linalg import blas
 
+from analytic.host_kernels import sum_of_squares
 from federated._probing import MAX_ENTRY, RECHECK, Prober, one_blas_thread, probe, tolerance
 from federated.messages import AFLUpload, DeepAFLBlockUpload, DeepAFLClassifierUpload
 
@@ -79,7 +79,6 @@ __all__ = ["DEFAULT_PSD", "MAX_COUNT", "MAX_ENTRY", "PROBES", "PSD_MODES", "Reje
            "warn_rejections"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_DOT = {np.dtype(np.float32): blas.sdot, np.dtype(np.float64): blas.ddot}
 # (gram field, cross-moment field) of each upload type.
 _FIELDS: dict[type, tuple[str, str]] = {
     AFLUpload: ("xtx", "xty"),
@@ -214,11 +213,12 @@ def _peak(who: str, name: str, a: np.ndarray) -> float:
 
 def _check_bounded(who: str, name: str, a: np.ndarray) -> None:
     """:func:`_peak`'s ``ValueError`` for ``a``, without computing the peak when ``a``'s sum of squares is finite
-    (then every entry is finite and below ``√max float`` ≪ :data:`MAX_ENTRY`). One BLAS dot product -- SciPy's,
-    which leaves NumPy's floating-point error state alone -- instead of a max and a min: 0.8 against 6.2 µs for a
-    256×20 cross-moment. The exact scan runs only when the dot product overflows (or meets a NaN/inf)."""
-    flat = a.reshape(-1)
-    if flat.size and not math.isfinite(_DOT[flat.dtype](flat, flat)):
+    (then every entry is finite and below ``√max float`` ≪ :data:`MAX_ENTRY`). One BLAS dot product
+    (:func:`analytic.host_kernels.sum_of_squares`: the host kernels' library, whose thread pool a second OpenBLAS
+    would contend with) instead of a max and a min: 0.8 against 6.2 µs for a 256×20 cross-moment. The exact scan runs
+    only when the dot product overflows (or meets a NaN/inf)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if flat.size and not math.isfinite(sum_of_squares(flat)):
         _peak(who, name, a)
 
 

@@ -338,3 +338,23 @@ def test_cholesky_and_triangular_solves_of_both_libraries_equal_numpy(dtype, tol
     indefinite = a.copy()
     indefinite[10, 10] = -1.0
     assert host_kernels._potrf_upper(indefinite) > 0
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-4)])
+def test_eigh_kernel_equals_numpy_and_its_xla_twin(dtype, tol):
+    # Eigenvalues ascending as numpy's, orthonormal eigenvectors that rebuild the symmetric part, the same as
+    # jnp.linalg.eigh; a NaN input gives NaN (not an exception) as the XLA path does.
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((70, 70)).astype(dtype)
+    sym = 0.5 * (a.astype(np.float64) + a.astype(np.float64).T)
+    lam, u = jax.jit(host_kernels.eigh)(jnp.asarray(a))
+    lam, u = np.asarray(lam, np.float64), np.asarray(u, np.float64)
+    scale = np.abs(sym).max()
+    np.testing.assert_allclose(lam, np.linalg.eigvalsh(sym), rtol=0, atol=tol * scale)
+    np.testing.assert_allclose(u.T @ u, np.eye(70), rtol=0, atol=tol * 10)
+    np.testing.assert_allclose((u * lam) @ u.T, sym, rtol=0, atol=tol * 10 * scale)
+    lam_xla = np.asarray(jnp.linalg.eigh(jnp.asarray(0.5 * (a + a.T)))[0], np.float64)
+    np.testing.assert_allclose(lam, lam_xla, rtol=0, atol=tol * scale)
+    bad = a.copy()
+    bad[3, 5] = np.nan
+    assert np.isnan(np.asarray(host_kernels.eigh(jnp.asarray(bad))[0])).all()
