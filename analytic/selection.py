@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from analytic import host_kernels
 from analytic.buffers import RandomBuffer
 from analytic.dtypes import HIGHEST, resolve_dtype
 from analytic.gram import gram_init, gram_update
@@ -34,7 +35,7 @@ DEFAULT_GAMMAS: tuple[float, ...] = tuple(10.0 ** k for k in range(-2, 5))
 
 @jax.jit
 def _ridge_path(xtx: jax.Array, xty: jax.Array, gammas: jax.Array) -> jax.Array:
-    lam, u = jnp.linalg.eigh(0.5 * (xtx + xtx.T))
+    lam, u = host_kernels.eigh(xtx)  # the kernels' LAPACK on CPU (one BLAS library, analytic._openblas)
     # A PSD Gram can carry tiny negative eigenvalues from rounding; they are zero in exact arithmetic.
     lam = jnp.maximum(lam, 0.0)
     projected = jnp.matmul(u.T, xty, precision=HIGHEST)
