@@ -59,8 +59,7 @@ class HeldBackRows:
 
     @_state.setter
     def _state(self, value: Any) -> None:
-        self.__dict__["_stored"] = value
-        self.__dict__["_pending"] = []
+        self.__dict__.update(_stored=value, _pending=[], _pending_rows=0)
 
     def _coalesce_bound(self, state: Any) -> tuple[float, float, float, Any] | None:
         """``(M, β, k, gram)`` when the head is additive statistics, so that batches may be coalesced: learning
@@ -103,7 +102,7 @@ class HeldBackRows:
     def _flush(self) -> None:
         """Learn the held-back rows as one batch (the soundness bound of :meth:`_coalesce` guarantees it passes)."""
         pending = self.__dict__["_pending"]
-        self.__dict__["_pending"] = []
+        self.__dict__.update(_pending=[], _pending_rows=0)
         x = np.concatenate([p[0] for p in pending])
         ids = np.concatenate([p[1] for p in pending])
         try:
