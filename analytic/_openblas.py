@@ -127,9 +127,13 @@ def routines(dtype: Any) -> Routines | None:
              "trsm": ([e, e, e, e, e, i, i, real, p, i, p, i], None),
              "omatcopy": _OMATCOPY_TYPES(real, i),
              "dot": ([i, p, i, p, i], real),
-             "potrf": ([ctypes.c_char_p, ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i)], None),
+             # LAPACK's Fortran ABI: character arguments by pointer, their lengths appended (gfortran's hidden
+             # size_t arguments; passed explicitly, as omitting them is undefined behaviour).
+             "potrf": ([ctypes.c_char_p, ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i),
+                        ctypes.c_size_t], None),
              "syevd": ([ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(i), p, ctypes.POINTER(i), p, p,
-                        ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i)], None)}
+                        ctypes.POINTER(i), p, ctypes.POINTER(i), ctypes.POINTER(i), ctypes.c_size_t, ctypes.c_size_t],
+                       None)}
     bound = {}
     for name, (fun, _) in found.items():
         fun.argtypes, fun.restype = types[name]
@@ -142,7 +146,7 @@ def potrf_lower_of_row_major_upper(r: Routines, a: np.ndarray) -> int:
     the same matrix), so on return the *upper* triangle of ``a`` (C order) holds ``Lᵀ``. Returns LAPACK's info."""
     n = r.integer(a.shape[0])
     info = r.integer(0)
-    r.potrf(b"L", ctypes.byref(n), a.ctypes.data, ctypes.byref(n), ctypes.byref(info))
+    r.potrf(b"L", ctypes.byref(n), a.ctypes.data, ctypes.byref(n), ctypes.byref(info), 1)
     return int(info.value)
 
 
@@ -155,11 +159,11 @@ def syevd_rows(r: Routines, m: np.ndarray, w: np.ndarray) -> int:
     work_size, iwork_size = np.zeros(1, m.dtype), np.zeros(1, np.int64 if i is ctypes.c_int64 else np.int32)
     query = i(-1)
     r.syevd(b"V", b"L", ctypes.byref(size), m.ctypes.data, ctypes.byref(size), w.ctypes.data, work_size.ctypes.data,
-            ctypes.byref(query), iwork_size.ctypes.data, ctypes.byref(query), ctypes.byref(info))
+            ctypes.byref(query), iwork_size.ctypes.data, ctypes.byref(query), ctypes.byref(info), 1, 1)
     if info.value != 0:
         return int(info.value)
     lwork, liwork = int(work_size[0]), int(iwork_size[0])
     work, iwork = np.empty(max(lwork, 1), m.dtype), np.empty(max(liwork, 1), iwork_size.dtype)
     r.syevd(b"V", b"L", ctypes.byref(size), m.ctypes.data, ctypes.byref(size), w.ctypes.data, work.ctypes.data,
-            ctypes.byref(i(lwork)), iwork.ctypes.data, ctypes.byref(i(liwork)), ctypes.byref(info))
+            ctypes.byref(i(lwork)), iwork.ctypes.data, ctypes.byref(i(liwork)), ctypes.byref(info), 1, 1)
     return int(info.value)
