@@ -99,9 +99,10 @@ def _mirror_upper(g: np.ndarray) -> None:
     the GIL for the foreign call, so the two transposes run at once); the panels are disjoint."""
     global _MIRROR_POOL
     d, t = g.shape[0], _MIRROR_TILE
-    fast = _openblas.routines(g.dtype)
-    transpose = (fast.omatcopy if fast is not None else _openblas.scipy_omatcopy(g.dtype)) if g.flags.c_contiguous \
-        else None
+    transpose = None
+    if g.flags.c_contiguous:
+        fast = _openblas.routines(g.dtype)
+        transpose = fast.omatcopy if fast is not None else _openblas.scipy_omatcopy(g.dtype)
     cut = 0
     if transpose is not None and g.nbytes >= _MIRROR_SPLIT_BYTES and cpu_count() > 1:
         cut = int(d * (1 - 2 ** -0.5)) // t * t  # panels [0, cut) hold about half the lower triangle
@@ -409,20 +410,6 @@ _KERNELS = {"matmul": _matmul_kernel, "gram_add": _gram_add_kernel, "gram_add_ch
             "woodbury_step": _woodbury_kernel, "eigh": _eigh_kernel}
 _REGISTERED: dict[str, Any] = {}  # the C callbacks must outlive every compiled program that calls them
 _LOCK = threading.Lock()
-# One kernel at a time: each already runs on every core through the BLAS's threads, and XLA may start independent
-# custom calls of one program concurrently. SciPy's wrappers used to serialize them by holding the GIL; NumPy's
-# matmul and ctypes calls release it, and two 2-thread GEMMs at once on 2 cores measured up to 2× slower each
-# (DeepAFL's 4090×1024×1024 products: 48 ms alone, 86-97 ms overlapped).
-_RUN_LOCK = threading.Lock()
-
-
-def _one_at_a_time(kernel: Any) -> Any:
-    @functools.wraps(kernel)
-    def run(ins: list[np.ndarray], outs: list[np.ndarray]) -> None:
-        with _RUN_LOCK:
-            kernel(ins, outs)
-
-    return run
 _STATE: dict[str, Any] = {"ok": None, "error": None}
 
 
@@ -431,7 +418,7 @@ def _register() -> bool:
         if _STATE["ok"] is None:
             try:
                 for name, kernel in _KERNELS.items():
-                    callback = _xla_ffi.handler(_one_at_a_time(kernel))
+                    callback = _xla_ffi.handler(kernel)
                     jax.ffi.register_ffi_target(f"analytic_{name}", jax.ffi.pycapsule(callback), platform="cpu")
                     _REGISTERED[name] = callback
                 _STATE["ok"] = True

@@ -59,7 +59,11 @@ class HeldBackRows:
 
     @_state.setter
     def _state(self, value: Any) -> None:
-        self.__dict__.update(_stored=value, _pending=[], _pending_rows=0)
+        self.__dict__.update(_stored=value, _pending=[])
+
+    @property
+    def _pending_rows(self) -> int:
+        return sum(len(ids) for _, ids in self.__dict__.get("_pending") or [])
 
     def _coalesce_bound(self, state: Any) -> tuple[float, float, float, Any] | None:
         """``(M, β, k, gram)`` when the head is additive statistics, so that batches may be coalesced: learning
@@ -95,14 +99,13 @@ class HeldBackRows:
         if not (np.isfinite(total) and total <= float(np.finfo(self._module.state_dtype(stored)).max) / 8):
             return False
         pending = [*pending, (np.array(x, copy=True), ids)]  # a copy: the caller may reuse its array
-        self.__dict__.update(_pending=pending, _pending_base=base, _pending_growth=total - base,
-                             _pending_rows=sum(len(i) for _, i in pending))
+        self.__dict__.update(_pending=pending, _pending_base=base, _pending_growth=total - base)
         return True
 
     def _flush(self) -> None:
         """Learn the held-back rows as one batch (the soundness bound of :meth:`_coalesce` guarantees it passes)."""
         pending = self.__dict__["_pending"]
-        self.__dict__.update(_pending=[], _pending_rows=0)
+        self.__dict__["_pending"] = []
         x = np.concatenate([p[0] for p in pending])
         ids = np.concatenate([p[1] for p in pending])
         try:

@@ -226,7 +226,7 @@ class ContinualClassifier(HeldBackRows, LabelledClassifier):
             raise ValueError(f"y has {ids.shape[0]} labels but x has {x.shape[0]} rows")
         if stored is not None and self._coalesce(stored, x, ids):
             self._labels, self._declared = labels, declared
-            if self.__dict__["_pending_rows"] >= self._coalesce_rows:
+            if self._pending_rows >= self._coalesce_rows:
                 self._flush()
             return self
         state = self._state if stored is not None else self._init_state(self._input_width(x), declared or 0)
