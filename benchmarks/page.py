@@ -1,7 +1,7 @@
 """PAGE and DomLoRA on SmolLM2-135M-Instruct (real weights, offline tasks): where PAGE puts the dominant module,
 what the probe costs next to a LoRA step, and equal-step fine-tuning of DomLoRA against the usual placements.
 
-He et al., 2026 (arXiv 2605.06183). For each task family (instruction, arithmetic, code, dialogue) PAGE is
+Zhang et al., 2026 (arXiv 2605.06183). For each task family (instruction, arithmetic, code, dialogue) PAGE is
 measured in every variant on a few probe batches and drawn as a layers x modules heatmap; the dominant module is
 compared across tasks. Then, on the fine-tuning tasks, DomLoRA (one adapter at the dominant module), all-linear
 LoRA, attention-only LoRA, a random single module and the deepest down_proj are trained for the same number of
@@ -30,7 +30,14 @@ from tqdm.auto import tqdm
 from benchmarks.common import best_time, parser, print_table, save_figure, write_results
 from peft_probe.domlora import dominant_module, domlora_config
 from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, linear_modules, merge_lora
-from peft_probe.page import VARIANTS, kernel_gradient_fn, page_scores_all, plot_page_heatmap
+from peft_probe.page import (
+    DEFAULT_VARIANT,
+    VARIANTS,
+    kernel_gradient_fn,
+    page_scores_all,
+    plot_page_heatmap,
+    variant_agreement,
+)
 from peft_probe.tasks import FAMILIES, IM_END, chat_prompt, evaluate, make_batches, make_task
 from peft_probe.training import answer_token_accuracy, answer_token_loss, default_optimizer, finetune, train_step
 
@@ -80,6 +87,10 @@ def _evaluate(model: nnx.Module, tokenizer: Any, task: Any, max_len: int, batch_
         out["task_metric"] = evaluate(examples, texts)
         out["samples"] = [{"answer": e.answer, "generated": t} for e, t in zip(examples[:3], texts[:3])]
     return out
+
+
+def _module_label(row: Any) -> str:
+    return f"layer {row.layer} {row.module}"
 
 
 def _placements(page_table: Any, base: nnx.Module, r: int, alpha: float, seed: int) -> dict[str, LoraConfig]:
@@ -135,7 +146,9 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--finetune-tasks", nargs="*", default=None, help="task families to fine-tune on")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--domlora-variant", default="expectation", choices=VARIANTS)
+    p.add_argument("--domlora-variant", default=DEFAULT_VARIANT, choices=VARIANTS)
+    p.add_argument("--probe-seeds", type=int, default=3,
+                   help="PAGE probes per task (other probe examples and A draws) for the variants' agreement")
     p.add_argument("--tag", default="", help="suffix of the result names (keeps several runs side by side)")
     p.add_argument("--ft-batch", type=int, default=None, help="fine-tuning batch size (quick 2, full 8)")
     p.add_argument("--eval", type=int, default=None, help="held-out examples per task (quick 16, full 64)")
@@ -159,34 +172,48 @@ def main(argv: list[str]) -> dict:
     tokenizer = gguf_tokenizer()
     pad = tokenizer.pad_token_id or 0
     probe_config = LoraConfig(r=args.rank, alpha=args.alpha, target_modules=ALL_LINEAR)
-    tasks = {f: make_task(f, n_train=max(steps * batch_size, probe_batches * batch_size), n_eval=n_eval,
-                          seed=0) for f in FAMILIES}
+    probe_rows = probe_batches * batch_size
+    tasks = {f: make_task(f, n_train=max(steps * max(batch_size, ft_batch), args.probe_seeds * probe_rows),
+                          n_eval=n_eval, seed=0) for f in FAMILIES}
 
-    # ---- PAGE per task, every variant (one backward per batch shared by the batch-gradient variants)
+    # ---- PAGE per task and probe seed, every variant (one backward per batch shared by the batch-gradient
+    # variants, one vmapped per-example pass for the default); seed s probes other examples and draws other A
     page: dict[str, dict[str, Any]] = {}
     tables: dict[str, Any] = {}
+    probes: list[dict[str, Any]] = []
     for family, task in tqdm(tasks.items(), desc="PAGE per task"):
-        probe = make_batches(task.train[:probe_batches * batch_size], tokenizer, batch_size, max_len, pad)
-        t0 = time.perf_counter()
-        table = page_scores_all(base, probe, probe_config, VARIANTS, seed=0)
-        seconds = time.perf_counter() - t0
-        tables[family] = table
-        (args.out / f"{name}_scores_{family}.csv").write_text(
-            "".join(t.to_csv() if i == 0 else t.to_csv().split("\n", 1)[1] for i, t in enumerate(table.values())))
-        for variant, scores in table.items():
-            plot_page_heatmap(scores, args.out / f"{name}_heatmap_{family}_{variant}.png",
-                              title=f"PAGE ({variant}) on {family}, SmolLM2-135M")
-        page[family] = {"seconds_all_variants": seconds, "top5": {
-            v: [r._asdict() for r in s.top(5)] for v, s in table.items()}}
+        for seed in range(args.probe_seeds):
+            examples = task.train[seed * probe_rows:(seed + 1) * probe_rows]
+            probe = make_batches(examples, tokenizer, batch_size, max_len, pad)
+            t0 = time.perf_counter()
+            table = page_scores_all(base, probe, probe_config, VARIANTS, seed=seed)
+            seconds = time.perf_counter() - t0
+            probes.append(table)
+            if seed:
+                page[family]["seeds_dominant"].append({v: _module_label(s.rows[0]) for v, s in table.items()})
+                continue
+            tables[family] = table
+            (args.out / f"{name}_scores_{family}.csv").write_text(
+                "".join(t.to_csv() if i == 0 else t.to_csv().split("\n", 1)[1] for i, t in enumerate(table.values())))
+            for variant, scores in table.items():
+                plot_page_heatmap(scores, args.out / f"{name}_heatmap_{family}_{variant}.png",
+                                  title=f"PAGE ({variant}) on {family}, SmolLM2-135M")
+            page[family] = {"seconds_all_variants": seconds, "top5": {
+                v: [r._asdict() for r in s.top(5)] for v, s in table.items()},
+                "seeds_dominant": [{v: _module_label(s.rows[0]) for v, s in table.items()}]}
+    agreement = variant_agreement(probes, DEFAULT_VARIANT, k=5)
     consistency = {}
     for variant in VARIANTS:
-        dominant = {f: f"layer {tables[f][variant].rows[0].layer} {tables[f][variant].rows[0].module}"
-                    for f in FAMILIES}
+        dominant = {f: _module_label(tables[f][variant].rows[0]) for f in FAMILIES}
         top_down = {f: next(r.layer for r in tables[f][variant].rows if r.module == "down_proj") for f in FAMILIES}
+        over_seeds = [d[variant] for f in FAMILIES for d in page[f]["seeds_dominant"]]
         consistency[variant] = {"dominant": dominant, "same_across_tasks": len(set(dominant.values())) == 1,
-                                "top_down_proj_layer": top_down,
+                                "most_common_over_tasks_and_seeds": max(set(over_seeds), key=over_seeds.count),
+                                "most_common_count": max(over_seeds.count(x) for x in set(over_seeds)),
+                                "probes": len(over_seeds), "top_down_proj_layer": top_down,
                                 "top_share": {f: tables[f][variant].rows[0].share for f in FAMILIES}}
-    print_table([{"variant": v, **c["dominant"], "same": c["same_across_tasks"]} for v, c in consistency.items()])
+    print_table([{"variant": v, **c["dominant"], "same": c["same_across_tasks"],
+                  "agrees_with_default_top1": agreement[v]["top1"]} for v, c in consistency.items()])
 
     # ---- probe cost vs one LoRA training step (same batch)
     cost_batch = make_batches(tasks[FAMILIES[0]].train[:batch_size], tokenizer, batch_size, max_len, pad)[0]
@@ -230,7 +257,9 @@ def main(argv: list[str]) -> dict:
         "max_len": max_len, "batch_size": batch_size, "finetune_batch_size": ft_batch,
         "probe_batches": probe_batches, "finetune_steps": steps,
         "finetune_tasks": ft_tasks, "domlora_variant": args.domlora_variant, "linear_weights": total_linear,
-        "page": page, "dominant_consistency": consistency, "probe_cost": cost, "finetune": rows,
+        "default_variant": DEFAULT_VARIANT, "probe_seeds": args.probe_seeds,
+        "page": page, "dominant_consistency": consistency, "variant_agreement": agreement,
+        "probe_cost": cost, "finetune": rows,
         "train_loss_curves": curves, "seconds_total": time.perf_counter() - t_start,
         "note": ("quality metrics after so few CPU steps on tiny synthetic tasks are noisy; parameter counts and "
                  "the probe/step time ratio are the firm numbers"),

@@ -1,6 +1,6 @@
 """DomLoRA: one LoRA adapter on the dominant adaptation module that PAGE finds.
 
-He et al., 2026 (arXiv 2605.06183): PAGE concentrates on one (shallow FFN down-projection) module; DomLoRA puts a
+Zhang et al., 2026 (arXiv 2605.06183): PAGE concentrates on one (shallow FFN down-projection) module; DomLoRA puts a
 single adapter of the usual rank there, about 0.7% of all-linear LoRA's trainable parameters on SmolLM2-135M.
 The result is an ordinary ``LoraConfig`` (PEFT: ``target_modules=["down_proj"], layers_to_transform=[l*]``).
 """

@@ -1,17 +1,26 @@
 """PAGE: projected adapter gradient energy, a one-backward-pass probe of where LoRA adapters would learn.
 
-He et al., 2026, "PAGE/DomLoRA" (arXiv 2605.06183). A LoRA adapter ``W + s B A`` starts with ``B = 0``, so at
-initialization ``dL/dA = 0`` and ``dL/dB = s G A^T`` with ``G = dL/dW (d_out, d_in)`` the frozen weight's gradient.
-PAGE of a module is the energy of that initial trainable gradient, ``||s G A^T||_F^2``, averaged over probe batches.
-All candidate modules are scored from the kernels' gradients of ONE ``jax.grad`` per batch (no adapters needed).
+Zhang, He, Fang, Tan, Chen & Zhuang, 2026, "Rethinking Adapter Placement: A Dominant Adaptation Module
+Perspective" (arXiv 2605.06183). A LoRA adapter ``W + s B A`` starts with ``B = 0``, so at initialization
+``dL/dA = 0`` and ``dL/dB = s G A^T`` with ``G = dL/dW (d_out, d_in)`` the frozen weight's gradient: how much an
+adapter can learn at first is set by ``G``. The paper describes PAGE as the empirical Fisher information of each
+projection weight at initialization (abstract and method summary; the full method section was not reachable when
+this was written), i.e. the trace of the empirical Fisher
 
-Variants (each module's share of the total is reported too):
-- ``"concrete"``: ``A`` drawn as ``inject_lora`` would with the same seed; ``num_draws > 1`` averages seeds.
-- ``"expectation"``: ``E_A ||s G A^T||^2 = s^2 r Var(A_ij) ||G||^2`` with ``Var = 1/(3 d_in)`` for PEFT's
-  Kaiming-uniform bound ``1/sqrt(d_in)`` (``1/r^2`` for the Gaussian init).
-- ``"raw"``: ``||G||^2``; ``"normalized"``: ``||G||^2 / (d_in d_out)`` (per parameter).
-- ``"per_example"``: empirical Fisher trace, the mean over examples of ``||G_i||^2`` with ``G_i`` the gradient of
-  example ``i``'s own answer loss (one vmapped backward pass per batch).
+    PAGE(W) = tr F̂(W) = (1/n) Σ_i ||∂ℓ_i/∂W||²_F
+
+over the probe examples ``i`` (``ℓ_i`` = example ``i``'s mean answer-token loss). That is the default,
+``"per_example"`` (:data:`DEFAULT_VARIANT`), computed with one vmapped backward pass per batch. The others are
+ablations, all from the batch gradient ``G`` of ONE ``jax.grad`` per batch (no adapters needed):
+
+- ``"concrete"``: ``||s G A^T||²_F`` with ``A`` drawn as ``inject_lora`` would with the same seed; ``num_draws > 1``
+  averages seeds.
+- ``"expectation"``: ``E_A ||s G A^T||² = s² r Var(A_ij) ||G||²`` with ``Var = 1/(3 d_in)`` for PEFT's
+  Kaiming-uniform bound ``1/sqrt(d_in)`` (``1/r²`` for the Gaussian init).
+- ``"raw"``: ``||G||²``; ``"normalized"``: ``||G||² / (d_in d_out)`` (per parameter).
+
+Scores are averaged over probe batches; each module's share of the total is reported too.
+:func:`variant_agreement` counts how often each variant names the default's dominant module.
 """
 
 from __future__ import annotations
@@ -40,10 +49,12 @@ from peft_probe.lora import (
 )
 from peft_probe.training import answer_token_loss, check_batch, per_example_loss
 
-__all__ = ["VARIANTS", "ModuleScore", "PageScores", "page_scores", "page_scores_all", "kernel_gradient_fn",
-           "plot_page_heatmap"]
+__all__ = ["VARIANTS", "DEFAULT_VARIANT", "ABLATIONS", "ModuleScore", "PageScores", "page_scores", "page_scores_all",
+           "kernel_gradient_fn", "variant_agreement", "plot_page_heatmap"]
 
-VARIANTS = ("concrete", "expectation", "raw", "per_example", "normalized")
+VARIANTS = ("per_example", "concrete", "expectation", "raw", "normalized")
+DEFAULT_VARIANT = "per_example"  # the empirical Fisher of the projection weight: the paper's PAGE
+ABLATIONS = tuple(v for v in VARIANTS if v != DEFAULT_VARIANT)
 _MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -150,9 +161,10 @@ def _module_energy(grad: jax.Array, seeds: jax.Array, module_hash: jax.Array, va
 
 
 def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
-                variant: str = "expectation", seed: int = 0, num_draws: int = 1, progress: bool = False
+                variant: str = DEFAULT_VARIANT, seed: int = 0, num_draws: int = 1, progress: bool = False
                 ) -> PageScores:
-    """PAGE of every module ``config`` selects (default: all linear layers, r = 8, alpha = 16).
+    """PAGE of every module ``config`` selects (default: all linear layers, r = 8, alpha = 16), in ``variant``
+    (default: the paper's empirical Fisher, ``"per_example"``).
 
     batches: dicts with ``input_ids``, ``attention_mask``, ``loss_mask`` ``(b, t)``; the loss is answer-token
     cross entropy. One backward pass per batch. ``seed``/``num_draws``: the concrete variant's ``A`` draws,
@@ -207,6 +219,45 @@ def _table(variant: str, totals: dict[str, float], batches: int) -> PageScores:
             for n, v in totals.items()]
     rows.sort(key=lambda r: (-r.score, r.layer, r.name))
     return PageScores(variant, rows, batches)
+
+
+def variant_agreement(tables: Sequence[Mapping[str, PageScores]], reference: str = DEFAULT_VARIANT, k: int = 5
+                      ) -> dict[str, dict[str, float]]:
+    """How often each variant agrees with ``reference`` over several probes (one ``{variant: PageScores}`` per
+    task and seed, as :func:`page_scores_all` returns).
+
+    Per variant: ``top1``, the fraction of probes whose dominant module is the reference's; ``top_k_overlap``, the
+    mean of ``|top-k ∩ top-k_ref| / k``; ``rank_correlation``, the mean Spearman correlation of the module scores
+    with the reference's (ties ranked by the tables' own order); ``probes``, their number.
+    """
+    tables = list(tables)
+    if not tables:
+        raise ValueError("tables is empty; pass one {variant: PageScores} per probe")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k!r}")
+    for i, table in enumerate(tables):
+        if not isinstance(table, Mapping) or reference not in table:
+            raise ValueError(f"tables[{i}] has no {reference!r} scores (the reference variant)")
+    variants = [v for v in tables[0] if all(v in t for t in tables)]
+    out: dict[str, dict[str, float]] = {}
+    for variant in variants:
+        top1, overlap, rho = [], [], []
+        for i, table in enumerate(tables):
+            ref, other = table[reference], table[variant]
+            names = [r.name for r in ref.rows]
+            if sorted(names) != sorted(r.name for r in other.rows):
+                raise ValueError(f"tables[{i}]: {variant!r} and {reference!r} score different modules")
+            kk = min(int(k), len(names))
+            top1.append(other.rows[0].name == ref.rows[0].name)
+            overlap.append(len({r.name for r in other.rows[:kk]} & set(names[:kk])) / kk)
+            # rows are sorted by score, so a module's position is its rank
+            other_rank = {r.name: j for j, r in enumerate(other.rows)}
+            a = np.arange(len(names), dtype=float)
+            b = np.array([other_rank[n] for n in names], dtype=float)
+            rho.append(float(np.corrcoef(a, b)[0, 1]) if len(names) > 1 else 1.0)
+        out[variant] = {"top1": float(np.mean(top1)), "top_k_overlap": float(np.mean(overlap)),
+                        "rank_correlation": float(np.mean(rho)), "probes": len(tables)}
+    return out
 
 
 def _progress(items: list, enabled: bool) -> Iterable:

@@ -1,4 +1,4 @@
-"""Offline fine-tuning tasks in the four families of He et al., 2026 (arXiv 2605.06183), generated from a seed.
+"""Offline fine-tuning tasks in the four families of Zhang et al., 2026 (arXiv 2605.06183), generated from a seed.
 
 The paper evaluates DomLoRA on instruction following, math, code and multi-turn chat. Nothing may be downloaded
 here, so each family is a small seeded generator with an automatic metric:

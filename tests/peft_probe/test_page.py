@@ -203,3 +203,44 @@ def test_page_on_real_smollm2_scores_all_210_modules():
     values = np.array([r.score for r in scores.rows])
     assert np.all(np.isfinite(values)) and np.all(values > 0)
     assert sum(r.share for r in scores.rows) == pytest.approx(1.0)
+
+
+def test_default_variant_is_the_papers_empirical_fisher(probe):
+    model, batches = probe
+    default = page_scores(model, batches[:1], CONFIG)
+    assert page.DEFAULT_VARIANT == "per_example" and default.variant == "per_example"
+    assert set(page.ABLATIONS) == set(VARIANTS) - {"per_example"}
+    explicit = page_scores(model, batches[:1], CONFIG, "per_example")
+    assert [r.score for r in default.rows] == [r.score for r in explicit.rows]
+
+
+def _table(variant, names_in_order):
+    rows = [page.ModuleScore(n, 0, n, float(len(names_in_order) - j), 0.0) for j, n in enumerate(names_in_order)]
+    return page.PageScores(variant, rows, 1)
+
+
+def test_variant_agreement_counts_top1_overlap_and_rank_correlation():
+    names = ["a", "b", "c", "d"]
+    same = {"per_example": _table("per_example", names), "raw": _table("raw", names),
+            "reversed": _table("reversed", names[::-1]), "swap": _table("swap", ["b", "a", "c", "d"])}
+    second = {"per_example": _table("per_example", names), "raw": _table("raw", ["b", "a", "d", "c"]),
+              "reversed": _table("reversed", names[::-1]), "swap": _table("swap", names)}
+    out = page.variant_agreement([same, second], k=2)
+    assert out["per_example"] == {"top1": 1.0, "top_k_overlap": 1.0, "rank_correlation": 1.0, "probes": 2}
+    assert out["raw"]["top1"] == 0.5 and out["raw"]["top_k_overlap"] == 1.0
+    # ranks (0,1,2,3) vs (1,0,3,2): Spearman 1 - 6*4/(4*15) = 0.6; averaged with the identical first probe
+    assert out["raw"]["rank_correlation"] == pytest.approx((1.0 + 0.6) / 2)
+    assert out["reversed"]["top1"] == 0.0 and out["reversed"]["top_k_overlap"] == 0.0
+    assert out["reversed"]["rank_correlation"] == pytest.approx(-1.0)
+    assert out["swap"]["top1"] == 0.5
+
+
+def test_variant_agreement_rejects_missing_reference_and_mismatched_modules():
+    with pytest.raises(ValueError, match="empty"):
+        page.variant_agreement([])
+    with pytest.raises(ValueError, match="reference"):
+        page.variant_agreement([{"raw": _table("raw", ["a", "b"])}])
+    with pytest.raises(ValueError, match="different modules"):
+        page.variant_agreement([{"per_example": _table("per_example", ["a", "b"]), "raw": _table("raw", ["a", "c"])}])
+    with pytest.raises(ValueError, match="k must be"):
+        page.variant_agreement([{"per_example": _table("per_example", ["a"])}], k=0)
