@@ -61,7 +61,11 @@ class LoraLinear(nnx.Module):
         if self.merged:
             return y
         h = self.dropout(x) if self.dropout is not None else x
-        delta = (h.astype(self.lora_A.dtype) @ self.lora_A[...]) @ self.lora_B[...]
+        # The adapter runs on (tokens, d_in) rows: on a (b, t, d_in) input, dA = hᵀ(δ Bᵀ) would contract two axes
+        # at once, which XLA's CPU backend runs far slower than one GEMM (SmolLM2, batch 4 x 128: 39 vs ~10 ms
+        # of adapter overhead per decoder layer and step).
+        rows = h.reshape(-1, h.shape[-1]).astype(self.lora_A.dtype)
+        delta = ((rows @ self.lora_A[...]) @ self.lora_B[...]).reshape(*h.shape[:-1], -1)
         return y + (self.scale * delta).astype(y.dtype)
 
     def delta_weight(self) -> jax.Array:
