@@ -42,8 +42,7 @@ def _check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int) -> list[np
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "scan_layers"))
 def _greedy(graphdef: Any, state: Any, ids: jax.Array, mask: jax.Array, steps: int, scan_layers: bool) -> jax.Array:
     model = nnx.merge(graphdef, state)
-    # None (unrolled layers) when asked, or when an adapter sits in some layers only.
-    layers = model.stacked_layers() if scan_layers else None
+    layers = model.layer_runs() if scan_layers else None
     b, t = ids.shape
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)  # left padding shifts positions
     key_mask = jnp.zeros((b, t + steps), bool).at[:, :t].set(mask.astype(bool))

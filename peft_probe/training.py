@@ -9,7 +9,7 @@ token) and ``loss_mask`` (1 = this token belongs to the answer and is predicted 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,12 +20,15 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from peft_probe.lora import LoraConfig, inject_lora, lora_modules, save_adapters, trainable_count
+from peft_probe.layer_scan import write_back
+from peft_probe.lora import LoraConfig, candidate_modules, inject_lora, lora_modules, save_adapters, trainable_count
 
-__all__ = ["train_step", "check_batch", "answer_token_loss", "per_example_loss", "default_optimizer", "finetune",
+__all__ = ["train_step", "ScannedLoraTrainer", "pad_batch", "check_batch",
+           "answer_token_loss", "per_example_loss", "default_optimizer", "finetune",
            "FinetuneResult", "answer_token_accuracy"]
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
+_TOKEN_BUCKET = 32  # batches are padded to a multiple of this many tokens: a few compiled shapes, little waste
 
 
 def check_batch(batch: Mapping[str, Any], name: str = "batch") -> dict[str, np.ndarray]:
@@ -51,10 +54,13 @@ def check_batch(batch: Mapping[str, Any], name: str = "batch") -> dict[str, np.n
 
 def _token_losses(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Next-token cross entropy at every answer position ``(b, t-1)`` and its mask."""
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
+    return _answer_losses(model(batch["input_ids"], batch["attention_mask"]), batch)
+
+
+def _answer_losses(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     targets = batch["input_ids"][:, 1:]
     mask = batch["loss_mask"][:, 1:].astype(logits.dtype)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], targets)
     return ce * mask, mask
 
 
@@ -99,21 +105,112 @@ class FinetuneResult(NamedTuple):
 
 @nnx.jit
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]) -> jax.Array:
+    """One adapter step on the model as it is (unrolled layers); works for any model and any adapter."""
     diff = nnx.DiffState(0, nnx.LoRAParam)
     loss, grads = nnx.value_and_grad(answer_token_loss, argnums=diff)(model, batch)
     optimizer.update(model, grads)
     return loss
 
 
+class ScannedLoraTrainer:
+    """Adapter training over the decoder stack scanned per run of equal layers (``peft_probe.layer_scan``).
+
+    The same loss and optimizer as ``train_step`` (AdamW and the global-norm clip are elementwise or global, so
+    stacking leaves changes nothing), but XLA compiles one layer per run instead of every layer, and the
+    optimizer updates one stacked leaf per adapter matrix instead of one per module (all-linear LoRA on SmolLM2:
+    420 leaves). The layers' weights are stacked once here; the model itself is only changed by
+    ``write_back``. ``supports(model)`` says whether a model can be trained this way.
+    """
+
+    def __init__(self, model: nnx.Module, optimizer: optax.GradientTransformation):
+        reason = self.unsupported(model)
+        if reason:
+            raise ValueError(f"model cannot be trained with scanned layers: {reason}")
+        self.model = model
+        self.runs, states = model.layer_runs(nnx.LoRAParam, ...)
+        self.trainable = [trainable for trainable, _ in states]
+        frozen = [rest for _, rest in states]
+        outer_graphdef, outer_state = nnx.split(model.outer_modules())
+        self._frozen, self._outer_state = frozen, outer_state
+        self._opt_state = optimizer.init(self.trainable)
+        logits_fn, config, runs = model.logits_from_parts, model.config, self.runs
+
+        def loss_fn(trainable, frozen, outer_state, batch):
+            outer = nnx.merge(outer_graphdef, outer_state)
+            layers = (runs, [(t, f) for t, f in zip(trainable, frozen)])
+            losses, mask = _answer_losses(logits_fn(config, outer, layers, batch["input_ids"],
+                                                    batch["attention_mask"]), batch)
+            return losses.sum() / jnp.maximum(mask.sum(), 1.0)
+
+        def step(trainable, opt_state, frozen, outer_state, batch):
+            loss, grads = jax.value_and_grad(loss_fn)(trainable, frozen, outer_state, batch)
+            updates, opt_state = optimizer.update(grads, opt_state, trainable)
+            return optax.apply_updates(trainable, updates), opt_state, loss
+
+        # the adapters and moments are replaced every step: donating them lets XLA update in place
+        self._step = jax.jit(step, donate_argnums=(0, 1))
+
+    @staticmethod
+    def unsupported(model: nnx.Module, config: LoraConfig | None = None) -> str:
+        """Why ``model`` (after injecting ``config``, if given) cannot be trained scanned; empty if it can."""
+        if not all(hasattr(model, name) for name in ("layer_runs", "outer_modules", "logits_from_parts")):
+            return f"{type(model).__name__} does not expose its layers as runs (layer_runs / outer_modules)"
+        outer = model.outer_modules()
+        if config is not None:
+            # decided from the config, so that a refusal comes before the model is touched
+            inside_outer = {id(node) for _, node in nnx.iter_graph(outer)}
+            if any(id(linear) in inside_outer for linear in candidate_modules(model, config).values()):
+                return "adapters outside the decoder layers (e.g. on lm_head)"
+            if config.dropout > 0:
+                return "LoRA dropout (a scan would replay one dropout mask per layer every step)"
+            return ""
+        if jax.tree.leaves(nnx.state(outer, nnx.LoRAParam)):
+            return "adapters outside the decoder layers (e.g. on lm_head)"
+        if jax.tree.leaves(nnx.state(model, nnx.RngState)):
+            return "random state (LoRA dropout) in the model (a scan would replay one mask per layer every step)"
+        if not jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+            return "no LoRA adapters"
+        return ""
+
+    def step(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        """One optimizer step on a (checked) batch; returns the loss before the update."""
+        self.trainable, self._opt_state, loss = self._step(self.trainable, self._opt_state, self._frozen,
+                                                           self._outer_state, dict(batch))
+        return loss
+
+    def write_back(self) -> None:
+        """Copy the trained adapters into the model's layers."""
+        write_back(self.model.model.layers, self.runs, self.trainable)
+
+
+def pad_batch(batch: Mapping[str, np.ndarray], rows: int, tokens: int) -> dict[str, np.ndarray]:
+    """Right-pad a checked batch with masked rows and tokens to ``(rows, tokens)``; the answer-token loss is
+    unchanged (padding is never attended to, causal attention never looks right, and its loss mask is 0)."""
+    b, t = batch["input_ids"].shape
+    return {k: np.pad(v, ((0, rows - b), (0, tokens - t))) for k, v in batch.items()}
+
+
+def _bucket_shape(batches: Sequence[Mapping[str, np.ndarray]], model: nnx.Module) -> tuple[int, int]:
+    """One ``(rows, tokens)`` for all batches (so a jitted step compiles once): the most rows, the longest
+    batch rounded up to a multiple of ``_TOKEN_BUCKET`` within the model's position limit."""
+    rows = max(b["input_ids"].shape[0] for b in batches)
+    longest = max(b["input_ids"].shape[1] for b in batches)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    tokens = -(-longest // _TOKEN_BUCKET) * _TOKEN_BUCKET
+    return rows, tokens if limit is None else max(longest, min(tokens, limit))
+
+
 def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mapping[str, Any]],
              optimizer: optax.GradientTransformation | None = None, *, steps: int | None = None,
-             rngs: nnx.Rngs | int = 0, checkpoint: str | Path | None = None, progress: bool = False
-             ) -> FinetuneResult:
+             rngs: nnx.Rngs | int = 0, checkpoint: str | Path | None = None, progress: bool = False,
+             scan_layers: bool | None = None) -> FinetuneResult:
     """Train only the LoRA adapters of ``model`` on ``data`` (in place).
 
     config: injected first if given (``None``: the model already has adapters); data: batches (dicts, see module
-    docstring), cycled until ``steps`` (default: one pass); optimizer: default ``default_optimizer(steps=steps)``;
-    checkpoint: folder for an orbax checkpoint of the trained adapters. Base weights are never changed.
+    docstring), cycled until ``steps`` (default: one pass) and padded to one shape; optimizer: default
+    ``default_optimizer(steps=steps)``; checkpoint: folder for an orbax checkpoint of the trained adapters;
+    scan_layers: train with ``ScannedLoraTrainer`` (default: whenever the model supports it; ``False``: the
+    unrolled ``train_step``). Base weights are never changed.
     """
     # everything is validated before the model is touched, so a bad call leaves it as it was
     if config is None and not lora_modules(model):
@@ -126,18 +223,31 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
     steps = len(batches) if steps is None else int(steps)
     if steps <= 0:
         raise ValueError(f"steps must be positive, got {steps}")
+    if scan_layers not in (None, True, False):
+        raise TypeError(f"scan_layers must be None, True or False, got {scan_layers!r}")
+    reason = ScannedLoraTrainer.unsupported(model, config)
+    if scan_layers and reason:
+        raise ValueError(f"scan_layers=True but {reason}")
     if config is not None:
         inject_lora(model, config, rngs)
+    rows, tokens = _bucket_shape(batches, model)
+    batches = [pad_batch(b, rows, tokens) for b in batches]
     tx = default_optimizer(steps=steps) if optimizer is None else optimizer
-    opt = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)
     model.train()
+    if scan_layers is not False and not reason:
+        trainer = ScannedLoraTrainer(model, tx)
+        run_step, finish = trainer.step, trainer.write_back
+    else:
+        opt = nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)
+        run_step, finish = (lambda batch: train_step(model, opt, batch)), (lambda: None)
     losses, times = [], []
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="finetune", disable=not progress):
         t0 = time.perf_counter()
         batch = {k: jnp.asarray(v) for k, v in batches[step % len(batches)].items()}
-        losses.append(float(train_step(model, opt, batch)))
+        losses.append(float(run_step(batch)))
         times.append(time.perf_counter() - t0)
+    finish()
     seconds = time.perf_counter() - start
     model.eval()
     trainable = trainable_count(model)

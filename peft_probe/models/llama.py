@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from peft_probe.layer_scan import LayerRun, stack_layer_runs
 from peft_probe.models.inputs import check_token_inputs
 
 _INIT = nnx.initializers.normal(stddev=0.02)  # HF ``initializer_range`` default
@@ -235,52 +236,74 @@ class LlamaForCausalLM(nnx.Module):
         """Run ``input_ids: (b, t)`` at cache slots ``index .. index+t-1`` with rotary ``positions: (b, t)``.
 
         key_mask: ``(b, max_len)`` bool, slots holding real tokens (those written now included). Query ``i``
-        attends to slots ``<= index + i`` allowed by ``key_mask``. ``layers``: ``stacked_layers()``, to run the
-        decoder stack as one ``lax.scan``. Returns (logits ``(b, t, vocab)``, cache).
+        attends to slots ``<= index + i`` allowed by ``key_mask``. ``layers``: ``layer_runs()``, to run the
+        decoder stack as one ``lax.scan`` per run. Returns (logits ``(b, t, vocab)``, cache).
         """
         t, max_len = input_ids.shape[1], cache.key.shape[2]
         causal = jnp.arange(max_len)[None, :] <= (index + jnp.arange(t))[:, None]
         allowed = causal[None] & key_mask.astype(bool)[:, None, :]
         return self._forward(input_ids, positions, allowed, cache=cache, index=index, layers=layers)
 
-    def stacked_layers(self) -> tuple[Any, Any] | None:
-        """(layer graphdef, parameters stacked on a leading layer axis) if all decoder layers share one
-        structure, else ``None`` (e.g. an adapter injected into some layers only).
+    def layer_runs(self, *filters: Any) -> tuple[list[LayerRun], list[tuple[Any, ...]]]:
+        """The decoder layers as runs of equal structure with stacked states (``layer_scan.stack_layer_runs``).
 
-        A ``lax.scan`` over the stack compiles one layer instead of ``num_hidden_layers`` unrolled copies (XLA
-        compile time on CPU grows with the unrolled graph); stack once per jitted call, outside any loop, since
-        stacking copies the weights.
+        Scanning a run compiles one layer instead of ``num_hidden_layers`` unrolled copies (XLA compile time on
+        CPU grows with the unrolled graph); an adapter in some layers only cuts the stack into several runs.
+        Stack once, outside any loop, since stacking copies the weights.
         """
-        splits = [nnx.split(layer) for layer in self.model.layers]
-        graphdef = splits[0][0]
-        if any(g != graphdef for g, _ in splits[1:]):
-            return None
-        return graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *(state for _, state in splits))
+        return stack_layer_runs(self.model.layers, *filters)
+
+    def outer_modules(self) -> dict[str, nnx.Module]:
+        """The modules around the decoder stack, for ``causal_lm_logits`` on scanned layers."""
+        outer = {"embed_tokens": self.model.embed_tokens, "norm": self.model.norm}
+        if not self.config.tie_word_embeddings:
+            outer["lm_head"] = self.lm_head
+        return outer
+
+    @staticmethod
+    def logits_from_parts(config: LlamaConfig, outer: dict[str, nnx.Module], layers: tuple[Any, Any],
+                          input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        """``causal_lm_logits``: the hook through which ``ScannedLoraTrainer`` runs this model."""
+        return causal_lm_logits(config, outer, layers, input_ids, attention_mask)
 
     def _forward(self, input_ids, positions, allowed, cache: KVCache | None, index, layers=None):
-        cfg = self.config
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = rotary_cos_sin(positions, cfg.head_dim, cfg.rope_theta)
-        if layers is not None:
-            graphdef, stacked = layers
+        stack = self.model.layers if layers is None else layers
+        return _decoder(self.config, self.outer_modules(), stack, input_ids, positions, allowed, cache, index)
 
-            def one_layer(x, per_layer):
-                state, past = per_layer
-                return nnx.merge(graphdef, state)(x, cos, sin, allowed, past, index)
 
-            past = None if cache is None else (cache.key, cache.value)
-            x, (keys, values) = jax.lax.scan(one_layer, x, (stacked, past))
-        else:
-            keys, values = [], []
-            for i, layer in enumerate(self.model.layers):
-                past = None if cache is None else (cache.key[i], cache.value[i])
-                x, (k, v) = layer(x, cos, sin, allowed, past, index)
-                keys.append(k)
-                values.append(v)
-        x = self.model.norm(x)
-        if cfg.tie_word_embeddings:
-            logits = self.model.embed_tokens.attend(x)
-        else:
-            logits = self.lm_head(x)
-        new_cache = None if cache is None else KVCache(jnp.stack(keys), jnp.stack(values))
-        return logits.astype(jnp.float32), new_cache
+def causal_lm_logits(config: LlamaConfig, outer: dict[str, nnx.Module], layers: tuple[Any, Any],
+                     input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """``LlamaForCausalLM.__call__`` as a function of its parts: ``outer`` from ``outer_modules()`` and
+    ``layers = (runs, states)`` from ``layer_runs(...)`` (states may be traced, e.g. differentiated)."""
+    b, t = input_ids.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    allowed = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    return _decoder(config, outer, layers, input_ids, positions, allowed, None, 0)[0]
+
+
+def _decoder(config: LlamaConfig, outer: dict[str, nnx.Module], layers: Any, input_ids, positions, allowed,
+             cache: KVCache | None, index) -> tuple[jax.Array, KVCache | None]:
+    """Embed, run the decoder stack (a list of layers, unrolled, or ``(runs, states)``, scanned), norm, project."""
+    x = outer["embed_tokens"](input_ids)
+    cos, sin = rotary_cos_sin(positions, config.head_dim, config.rope_theta)
+    keys, values = [], []
+    if isinstance(layers, tuple):
+        for run, state in zip(*layers):
+            def one_layer(x, per_layer, graphdef=run.graphdef):
+                parts, past = per_layer
+                return nnx.merge(graphdef, *parts)(x, cos, sin, allowed, past, index)
+
+            past = None if cache is None else (cache.key[run.start:run.stop], cache.value[run.start:run.stop])
+            x, (k, v) = jax.lax.scan(one_layer, x, (state, past))
+            keys.append(k)
+            values.append(v)
+    else:
+        for i, layer in enumerate(layers):
+            past = None if cache is None else (cache.key[i], cache.value[i])
+            x, (k, v) = layer(x, cos, sin, allowed, past, index)
+            keys.append(k[None])
+            values.append(v[None])
+    x = outer["norm"](x)
+    logits = outer["embed_tokens"].attend(x) if config.tie_word_embeddings else outer["lm_head"](x)
+    new_cache = None if cache is None else KVCache(jnp.concatenate(keys), jnp.concatenate(values))
+    return logits.astype(jnp.float32), new_cache

@@ -255,7 +255,7 @@ def test_cached_greedy_generation_equals_full_recompute_and_ignores_left_padding
     assert stopped == [batch[0][:batch[0].index(batch[0][2])]]
 
 
-def test_generation_falls_back_to_unrolled_layers_when_one_layer_differs(tiny):
+def test_generation_scans_one_run_per_block_of_equal_layers(tiny):
     from peft_probe.generate import greedy_generate
 
     class Scaled(nnx.Module):  # stands in for an adapter injected into one layer only
@@ -265,12 +265,16 @@ def test_generation_falls_back_to_unrolled_layers_when_one_layer_differs(tiny):
         def __call__(self, x):
             return 2.0 * self.base(x)
 
-    assert tiny.stacked_layers() is not None
+    runs, states = tiny.layer_runs()
+    assert [(r.start, r.stop) for r in runs] == [(0, 2)]
+    assert jax.tree.leaves(states[0])[0].shape[0] == 2
     model = nnx.clone(tiny)
     model.model.layers[0].mlp.down_proj = Scaled(model.model.layers[0].mlp.down_proj)
-    assert model.stacked_layers() is None
+    assert [(r.start, r.stop) for r in model.layer_runs()[0]] == [(0, 1), (1, 2)]
     prompt = [5, 17, 99, 3]
-    assert greedy_generate(model, [prompt], max_new_tokens=4, scan_layers=True) == [_naive_greedy(model, prompt, 4)]
+    expected = _naive_greedy(model, prompt, 4)
+    assert expected != _naive_greedy(tiny, prompt, 4)  # the scaled layer changes the answer, so runs matter
+    assert greedy_generate(model, [prompt], max_new_tokens=4, scan_layers=True) == [expected]
 
 
 @pytest.mark.parametrize(("prompts", "steps", "error", "match"), [

@@ -10,7 +10,15 @@ import pytest
 from flax import nnx
 
 from peft_probe.lora import LoraConfig, inject_lora, load_adapters, lora_modules, trainable_count
-from peft_probe.training import answer_token_accuracy, check_batch, default_optimizer, finetune
+from peft_probe.training import (
+    ScannedLoraTrainer,
+    answer_token_accuracy,
+    answer_token_loss,
+    check_batch,
+    default_optimizer,
+    finetune,
+    pad_batch,
+)
 from tests.peft_probe.lora_fixtures import random_batch, tiny_model
 
 
@@ -108,3 +116,52 @@ def test_package_export_is_the_function_even_after_the_submodule_is_imported():
     assert exported is finetune and peft_probe.finetune is finetune
     with pytest.raises(ValueError, match="no LoRA adapters"):
         exported(tiny_model(dtype=jnp.float32), None, [random_batch()])
+
+
+@pytest.mark.parametrize("config", [
+    LoraConfig(r=4, alpha=8, target_modules="all-linear"),
+    # layer 1 only: three runs (0), (1), (2, 3) of different structure, each scanned on its own
+    LoraConfig(r=2, alpha=4, target_modules=("q_proj", "down_proj"), layers_to_transform=(1,)),
+])
+def test_scanned_training_follows_the_unrolled_step(config):
+    """float64: stacking the adapters and scanning the layers changes only the summation order, so the losses
+    and trained adapters of six AdamW steps agree with the unrolled ``nnx.Optimizer`` path to 1e-9 relative."""
+    batches = [random_batch(0, batch=4), random_batch(1, batch=3, tokens=10, answer_from=5)]
+    tx = default_optimizer(learning_rate=1e-2, steps=6)
+    unrolled, scanned = tiny_model(num_hidden_layers=4), tiny_model(num_hidden_layers=4)
+    ref = finetune(unrolled, config, batches, tx, steps=6, scan_layers=False)
+    got = finetune(scanned, config, batches, tx, steps=6, scan_layers=True)
+    np.testing.assert_allclose(got.losses, ref.losses, rtol=1e-9)
+    pairs = list(zip(lora_modules(unrolled).values(), lora_modules(scanned).values()))
+    assert len(pairs) == (28 if config.target_modules == "all-linear" else 2)
+    for ref_module, got_module in pairs:
+        assert np.abs(np.asarray(got_module.lora_B[...])).max() > 0  # written back from the stacked copy
+        np.testing.assert_allclose(got_module.lora_B[...], ref_module.lora_B[...], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got_module.lora_A[...], ref_module.lora_A[...], rtol=1e-9, atol=1e-12)
+
+
+def test_padding_to_one_shape_leaves_the_answer_loss_unchanged():
+    """Masked rows and right-padded tokens are never attended to nor scored: the loss equals the unpadded one
+    (float64, 1e-12), and finetune's first loss (``B = 0``: the base model) is that of the unpadded batch."""
+    model = tiny_model()
+    batch = check_batch(random_batch(2, batch=3, tokens=11))
+    loss = float(answer_token_loss(model, batch))
+    padded = pad_batch(batch, rows=5, tokens=32)
+    assert padded["input_ids"].shape == (5, 32)
+    assert float(answer_token_loss(model, padded)) == pytest.approx(loss, rel=1e-12)
+    result = finetune(model, LoraConfig(r=2), [batch], optax.sgd(0.0), steps=1)
+    assert result.losses[0] == pytest.approx(loss, rel=1e-12)
+
+
+def test_scan_layers_refusals_come_before_the_model_is_touched():
+    model = tiny_model(dtype=jnp.float32)
+    with pytest.raises(ValueError, match="dropout"):
+        finetune(model, LoraConfig(r=2, dropout=0.1), [random_batch()], steps=1, scan_layers=True)
+    assert not lora_modules(model)
+    with pytest.raises(TypeError, match="scan_layers"):
+        finetune(model, LoraConfig(r=2), [random_batch()], steps=1, scan_layers="yes")
+    assert not lora_modules(model)
+    inject_lora(model, LoraConfig(r=2, dropout=0.1), 0)
+    assert "dropout" in ScannedLoraTrainer.unsupported(model)
+    with pytest.raises(ValueError, match="cannot be trained with scanned layers"):
+        ScannedLoraTrainer(model, optax.sgd(0.1))
