@@ -10,8 +10,9 @@ this was written), i.e. the trace of the empirical Fisher
     PAGE(W) = tr F̂(W) = (1/n) Σ_i ||∂ℓ_i/∂W||²_F
 
 over the probe examples ``i`` (``ℓ_i`` = example ``i``'s mean answer-token loss). That is the default,
-``"per_example"`` (:data:`DEFAULT_VARIANT`), computed with one vmapped backward pass per batch. The others are
-ablations, all from the batch gradient ``G`` of ONE ``jax.grad`` per batch (no adapters needed):
+``"per_example"`` (:data:`DEFAULT_VARIANT`). The others are ablations from the batch gradient ``G``. All five come
+from ONE backward pass per batch that records each module's input and output gradient
+(:mod:`peft_probe.gradient_taps`); no adapters are needed:
 
 - ``"concrete"``: ``||s G A^T||²_F`` with ``A`` drawn as ``inject_lora`` would with the same seed; ``num_draws > 1``
   averages seeds.
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from peft_probe.gradient_taps import batch_gradient_sq_norm, module_paths, per_example_sq_norms, tapped_activations
 from peft_probe.lora import (
     ALL_LINEAR,
     LoraConfig,
@@ -134,30 +136,38 @@ def _kernel_grads(graphdef: Any, kernels: nnx.State, rest: nnx.State, batch: dic
     return jax.grad(loss)(kernels, batch)
 
 
-@functools.partial(jax.jit, static_argnames=("variant", "config"))
-def _module_energy(grad: jax.Array, seeds: jax.Array, module_hash: jax.Array, variant: str, config: LoraConfig
-                   ) -> jax.Array:
-    """PAGE of one module from its kernel gradient ``grad (d_in, d_out)`` (``(b, d_in, d_out)`` per example).
+def _module_energies(x: jax.Array, delta: jax.Array, weights: jax.Array, seeds: jax.Array, module_hash: jax.Array,
+                     variants: tuple, config: LoraConfig) -> dict[str, jax.Array]:
+    """Every requested PAGE variant of one module from its input ``x (b, t, d_in)`` and per-example output
+    gradients ``δ (b, t, d_out)``, without forming the kernel gradient where that is cheaper."""
+    d_in, d_out = x.shape[-1], delta.shape[-1]
+    weighted = delta * weights[:, None, None]  # the batch gradient G = Σ x_nᵀ δ'_n
+    out = {}
+    if "per_example" in variants:
+        out["per_example"] = jnp.mean(per_example_sq_norms(x, delta))
+    if {"raw", "normalized", "expectation"} & set(variants):
+        energy = batch_gradient_sq_norm(x, weighted)
+        s = config.scale
+        var_a = 1.0 / (3.0 * d_in) if config.init == "kaiming" else 1.0 / config.r**2
+        out |= {"raw": energy, "normalized": energy / (d_in * d_out), "expectation": s * s * config.r * var_a * energy}
+    if "concrete" in variants:
+        # the A of inject_lora(model, config, seed) for every seed (adapter_key(key(seed), name)), then
+        # ||s G A^T||^2 = s^2 ||A^T G||^2 with A (d_in, r) in flax layout; A^T G = (x A)^T δ', averaged over draws
+        draws = jax.vmap(lambda seed: lora_a_init(jax.random.fold_in(jax.random.key(seed), module_hash), d_in,
+                                                  config.r, config.init, x.dtype))(seeds)
+        projected = jnp.einsum("bti,kir,bto->kro", x, draws, weighted)
+        out["concrete"] = config.scale ** 2 * jnp.mean(jnp.sum(jnp.square(projected), axis=(1, 2)))
+    return {v: out[v] for v in variants}
 
-    Compiled once per gradient shape and variant (a Llama has four shapes), not once per module.
-    """
-    energy = jnp.sum(jnp.square(grad), axis=(-2, -1))
-    if variant == "raw":
-        return energy
-    if variant == "per_example":
-        return energy.mean()
-    if variant == "normalized":
-        return energy / (grad.shape[-2] * grad.shape[-1])
-    s = config.scale
-    if variant == "expectation":
-        var_a = 1.0 / (3.0 * grad.shape[0]) if config.init == "kaiming" else 1.0 / config.r**2
-        return s * s * config.r * var_a * energy
-    # concrete: the A of inject_lora(model, config, seed) for every seed (adapter_key(key(seed), name)), then
-    # ||s G A^T||^2 = s^2 ||A^T grad||^2 with A (d_in, r) in flax layout, averaged over the draws
-    draws = jax.vmap(lambda seed: lora_a_init(jax.random.fold_in(jax.random.key(seed), module_hash), grad.shape[0],
-                                              config.r, config.init, grad.dtype))(seeds)
-    projected = jnp.einsum("kir,io->kro", draws, grad)
-    return s * s * jnp.mean(jnp.sum(jnp.square(projected), axis=(1, 2)))
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "paths", "names", "variants", "config"))
+def _page_energies(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths: tuple, names: tuple,
+                   variants: tuple, config: LoraConfig, seeds: jax.Array, hashes: dict[str, jax.Array]
+                   ) -> dict[str, dict[str, jax.Array]]:
+    """Every requested variant of every module for one batch, in one compiled call (one backward pass)."""
+    taps, weights = tapped_activations(graphdef, state, batch, paths, names)
+    per_module = {n: _module_energies(x, d, weights, seeds, hashes[n], variants, config) for n, (x, d) in taps.items()}
+    return {v: {n: e[v] for n, e in per_module.items()} for v in variants}
 
 
 def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
@@ -176,8 +186,8 @@ def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config:
 def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
                     variants: Sequence[str] = VARIANTS, seed: int = 0, num_draws: int = 1, progress: bool = False
                     ) -> dict[str, PageScores]:
-    """Several variants from shared gradients: one backward pass per batch for all batch-gradient variants, plus
-    one vmapped per-example pass if ``"per_example"`` is asked for."""
+    """Several variants from ONE backward pass per batch (``gradient_taps``: every module's input and output
+    gradient give the batch gradient and each example's gradient norm)."""
     variants = tuple(variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -198,18 +208,15 @@ def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], con
         raise ValueError(f"config.target_modules={config.target_modules!r} selects no linear module")
     seeds = jnp.arange(int(num_draws)) + int(seed)
     hashes = {name: jnp.uint32(name_hash(name)) for name in modules}
-    groups = [(False, [v for v in variants if v != "per_example"]), (True, [v for v in variants if v == "per_example"])]
-    totals = {v: dict.fromkeys(modules, 0.0) for v in variants}
-    for per_example, group in groups:
-        if not group:
-            continue
-        step = kernel_gradient_fn(model, modules, per_example=per_example)
-        for batch in _progress(checked, progress):
-            grads = step({k: jnp.asarray(v) for k, v in batch.items()})
-            for variant in group:
-                values = {name: _module_energy(g, seeds, hashes[name], variant, config) for name, g in grads.items()}
-                for name, value in values.items():
-                    totals[variant][name] += float(value) / len(checked)
+    names = tuple(modules)
+    graphdef, state = nnx.split(model)
+    totals = {v: dict.fromkeys(names, 0.0) for v in variants}
+    for batch in _progress(checked, progress):
+        energies = jax.device_get(_page_energies(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()},
+                                                 module_paths(names), names, variants, config, seeds, hashes))
+        for variant, per_module in energies.items():
+            for name, value in per_module.items():
+                totals[variant][name] += float(value) / len(checked)
     return {v: _table(v, totals[v], len(checked)) for v in variants}
 
 

@@ -121,30 +121,27 @@ def test_shares_sum_to_one_and_rows_are_sorted_in_every_variant(probe):
 
 
 def test_one_backward_pass_per_batch(probe, monkeypatch):
+    from peft_probe import gradient_taps
+
     model, batches = probe
-    calls = {"grad_fns": 0, "steps": 0, "loss_traces": 0}
-    original_fn, original_loss = page.kernel_gradient_fn, page.answer_token_loss
+    calls = {"compiled_calls": 0, "grad_traces": 0}
+    original_energies, original_grad = page._page_energies, gradient_taps.jax.grad
 
-    def counting_fn(*args, **kwargs):
-        calls["grad_fns"] += 1
-        step = original_fn(*args, **kwargs)
+    def counting_energies(*args, **kwargs):
+        calls["compiled_calls"] += 1
+        return original_energies(*args, **kwargs)
 
-        def counted(batch):
-            calls["steps"] += 1
-            return step(batch)
-        return counted
+    def counting_grad(*args, **kwargs):
+        calls["grad_traces"] += 1
+        return original_grad(*args, **kwargs)
 
-    def counting_loss(*args):
-        calls["loss_traces"] += 1
-        return original_loss(*args)
-
-    monkeypatch.setattr(page, "kernel_gradient_fn", counting_fn)
-    monkeypatch.setattr(page, "answer_token_loss", counting_loss)
+    monkeypatch.setattr(page, "_page_energies", counting_energies)
+    monkeypatch.setattr(gradient_taps.jax, "grad", counting_grad)
     fresh_shape = [random_batch(seed, tokens=10, answer_from=5) for seed in range(4)]  # traced afresh
-    page_scores(model, fresh_shape, CONFIG, "concrete", num_draws=3)
-    # one gradient step per batch, each the reverse pass of a single loss evaluation (traced once, then reused),
+    page_scores_all(model, fresh_shape, CONFIG, VARIANTS, num_draws=3)
+    # one compiled call per batch for all five variants, whose body differentiates once (traced once, reused),
     # however many modules and A draws are scored
-    assert calls == {"grad_fns": 1, "steps": 4, "loss_traces": 1}
+    assert calls == {"compiled_calls": 4, "grad_traces": 1}
 
 
 def test_table_outputs_and_heatmap(probe, tmp_path):
