@@ -135,12 +135,21 @@ class ScannedLoraTrainer:
         self._opt_state = optimizer.init(self.trainable)
         logits_fn, config, runs = model.logits_from_parts, model.config, self.runs
 
-        def loss_fn(trainable, frozen, outer_state, batch):
+        def logits(trainable, frozen, outer_state, batch):
             outer = nnx.merge(outer_graphdef, outer_state)
             layers = (runs, [(t, f) for t, f in zip(trainable, frozen)])
-            losses, mask = _answer_losses(logits_fn(config, outer, layers, batch["input_ids"],
-                                                    batch["attention_mask"]), batch)
+            return logits_fn(config, outer, layers, batch["input_ids"], batch["attention_mask"])
+
+        def loss_fn(trainable, frozen, outer_state, batch):
+            losses, mask = _answer_losses(logits(trainable, frozen, outer_state, batch), batch)
             return losses.sum() / jnp.maximum(mask.sum(), 1.0)
+
+        def metrics(trainable, frozen, outer_state, batch):
+            out = logits(trainable, frozen, outer_state, batch)
+            losses, mask = _answer_losses(out, batch)
+            hit = out[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]
+            answer = batch["loss_mask"][:, 1:].astype(bool)
+            return losses.sum(), mask.sum(), (hit & answer).sum(), jnp.all(hit | ~answer, axis=1)
 
         def step(trainable, opt_state, frozen, outer_state, batch):
             loss, grads = jax.value_and_grad(loss_fn)(trainable, frozen, outer_state, batch)
@@ -149,6 +158,7 @@ class ScannedLoraTrainer:
 
         # the adapters and moments are replaced every step: donating them lets XLA update in place
         self._step = jax.jit(step, donate_argnums=(0, 1))
+        self._metrics = jax.jit(metrics)
 
     @staticmethod
     def unsupported(model: nnx.Module, config: LoraConfig | None = None) -> str:
@@ -177,6 +187,11 @@ class ScannedLoraTrainer:
         self.trainable, self._opt_state, loss = self._step(self.trainable, self._opt_state, self._frozen,
                                                            self._outer_state, dict(batch))
         return loss
+
+    def answer_metrics(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, ...]:
+        """Teacher-forced metrics with the current adapters, without an update: ``(summed answer-token loss,
+        answer tokens, correct answer tokens, per-example exact match (b,))`` (sums, so batches can be pooled)."""
+        return self._metrics(self.trainable, self._frozen, self._outer_state, dict(batch))
 
     def write_back(self) -> None:
         """Copy the trained adapters into the model's layers."""

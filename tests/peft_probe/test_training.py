@@ -165,3 +165,18 @@ def test_scan_layers_refusals_come_before_the_model_is_touched():
     assert "dropout" in ScannedLoraTrainer.unsupported(model)
     with pytest.raises(ValueError, match="cannot be trained with scanned layers"):
         ScannedLoraTrainer(model, optax.sgd(0.1))
+
+
+def test_scanned_answer_metrics_equal_the_model_after_write_back():
+    model = tiny_model(num_hidden_layers=3)
+    inject_lora(model, LoraConfig(r=2, alpha=4, target_modules=("v_proj", "up_proj"), layers_to_transform=(0, 2)), 0)
+    trainer = ScannedLoraTrainer(model, default_optimizer(learning_rate=1e-2, steps=3))
+    batch = {k: jnp.asarray(v) for k, v in random_batch(5, batch=4).items()}
+    for _ in range(3):
+        trainer.step(batch)
+    loss_sum, tokens, correct, exact = trainer.answer_metrics(batch)
+    trainer.write_back()
+    accuracy, expected_exact = answer_token_accuracy(model, batch)
+    assert float(loss_sum / tokens) == pytest.approx(float(answer_token_loss(model, batch)), rel=1e-9)
+    assert float(correct / tokens) == pytest.approx(float(accuracy), abs=1e-12)
+    np.testing.assert_array_equal(np.asarray(exact), np.asarray(expected_exact))
