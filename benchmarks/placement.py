@@ -272,7 +272,7 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--tasks", nargs="*", default=None, help="task families (quick: arithmetic; full: all four)")
     p.add_argument("--lrs", type=float, nargs="*", default=None, help="learning-rate sweep")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=None, help="equal-steps budget (quick 40, full 300)")
+    p.add_argument("--steps", type=int, default=None, help="equal-steps budget (quick 50, full 300)")
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--max-len", type=int, default=64)
@@ -280,19 +280,19 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--n-val", type=int, default=None, help="validation examples, for the lr (quick 16, full 64)")
     p.add_argument("--n-test", type=int, default=None, help="test examples (quick 32, full 128)")
-    p.add_argument("--generate", type=int, default=None, help="test examples generated (quick 16, full 64)")
+    p.add_argument("--generate", type=int, default=None, help="test examples generated (quick 8, full 64)")
     p.add_argument("--max-steps-factor", type=float, default=3.0)
     p.add_argument("--runs", type=Path, default=None, help="folder of per-run results (resume)")
     args = p.parse_args(argv)
     quick = args.quick
     name = "placement_quick" if quick else "placement"
     tasks = args.tasks or (["arithmetic"] if quick else ["arithmetic", "instruction", "code", "dialogue"])
-    lrs = args.lrs or ([1e-3, 1e-2] if quick else [3e-4, 1e-3, 3e-3, 1e-2])
-    steps = args.steps or (40 if quick else 300)
-    eval_every = args.eval_every or max(1, steps // (4 if quick else 10))
+    lrs = args.lrs or ([1e-3, 3e-3, 1e-2] if quick else [3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    steps = args.steps or (50 if quick else 300)
+    eval_every = args.eval_every or max(1, steps // (5 if quick else 10))
     n_test = args.n_test or (32 if quick else 128)
     n_val = args.n_val or (16 if quick else 64)
-    n_gen = args.generate if args.generate is not None else (16 if quick else 64)
+    n_gen = args.generate if args.generate is not None else (8 if quick else 64)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "runs", "quick")}
     settings |= {"tasks": tasks, "lrs": lrs, "steps": steps, "eval_every": eval_every, "n_val": n_val, "n_test": n_test,
                  "generate": n_gen, "page_variant": DEFAULT_VARIANT}
