@@ -70,13 +70,18 @@ def _probe_cost(model: nnx.Module, batch: dict[str, np.ndarray], config: LoraCon
     out["unrolled_lora_step_s"] = best_time(lambda: jax.block_until_ready(train_step(unrolled, opt, jb)), repeats)
     for key in ("probe_all_variants", "probe_default_variant"):
         out[f"{key}_over_lora_step"] = out[f"{key}_s"] / out["lora_step_s"]
+    # the first call = tracing + XLA compilation + one step
+    for key in ("lora_step", "unrolled_lora_step"):
+        out[f"{key}_compile_s"] = out[f"{key}_first_call_s"] - out[f"{key}_s"]
     missing = _torch_peft.available()
     if missing or not torch_repeats:
         out["torch_peft"] = {"skipped": missing or "--torch-repeats 0"}
         return out
     theirs = _torch_peft.torch_lora_step(model, config.target_modules, config.r, config.scale * config.r)
-    out["torch_peft"] = _torch_peft.side_by_side(lambda: float(trainer.step(jb)), lambda: theirs(batch),
-                                                  torch_repeats)
+    fresh = nnx.clone(model)  # untrained adapters (B = 0), so the first losses must agree
+    inject_lora(fresh, config, 0)
+    ours = ScannedLoraTrainer(fresh, default_optimizer(steps=100))
+    out["torch_peft"] = _torch_peft.side_by_side(lambda: float(ours.step(jb)), lambda: theirs(batch), torch_repeats)
     return out
 
 
