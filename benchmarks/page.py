@@ -1,11 +1,12 @@
-"""PAGE on SmolLM2-135M-Instruct (real weights, offline tasks): where each variant puts the dominant module, how
-often the variants agree with the paper's (the default), and what the probe and a LoRA step cost, next to
-torch + PEFT on the same configuration when those are installed.
+"""PAGE on SmolLM2-135M-Instruct and all-MiniLM-L6-v2 (real weights, offline tasks): where each variant puts the
+dominant module, how often the variants agree with the paper's (the default), and what the probe and a LoRA step
+cost, next to torch + PEFT on the same configuration when those are installed.
 
 Zhang et al., 2026 (arXiv 2605.06183). For each task family (instruction, arithmetic, code, dialogue) PAGE is
 measured in every variant on a few probe batches, with several probe seeds (other examples, other ``A`` draws),
 and drawn as a layers x modules heatmap; the dominant module is compared across tasks and seeds. Fine-tuning by
-placement (DomLoRA against all-linear and the other placements) is ``python -m benchmarks placement``.
+placement (DomLoRA against all-linear and the other placements) is ``python -m benchmarks placement``. The second
+model family, an encoder with a closed-form head on WordNet supersenses, is ``benchmarks/_page_encoder.py``.
 
 ``python -m benchmarks page [--quick]``: results in ``benchmarks/results/page[_quick].json``, ``page*_heatmap_*.png``
 and per-task PAGE tables ``page*_scores_<task>.csv``.
@@ -97,6 +98,7 @@ def main(argv: list[str]) -> dict:
                    help="PAGE probes per task (other probe examples and A draws) for the variants' agreement")
     p.add_argument("--torch-repeats", type=int, default=5,
                    help="side-by-side steps against torch + PEFT when installed (0: skip)")
+    p.add_argument("--no-encoder", action="store_true", help="skip PAGE on the MiniLM encoder (WordNet)")
     p.add_argument("--tag", default="", help="suffix of the result names (keeps several runs side by side)")
     args = p.parse_args(argv)
     quick = args.quick
@@ -161,13 +163,21 @@ def main(argv: list[str]) -> dict:
     cost = _probe_cost(base, cost_batch, probe_config, repeats=3, torch_repeats=args.torch_repeats)
     print(json.dumps(cost, indent=1), flush=True)
 
+    encoder = None
+    if not args.no_encoder:
+        from benchmarks._page_encoder import encoder_page
+
+        encoder = encoder_page(args.probe_seeds, quick, args.rank, args.alpha)
+        print_table([{"task": t, **{f"seed {i}": f"{s[DEFAULT_VARIANT]['layer']} {s[DEFAULT_VARIANT]['module']}"
+                                    for i, s in enumerate(v["seeds"])}} for t, v in encoder["tasks"].items()])
+
     figures = {
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32)", "rank": args.rank, "alpha": args.alpha,
         "max_len": max_len, "batch_size": batch_size, "probe_batches": probe_batches,
         "linear_weights": sum(int(np.prod(m.kernel.shape)) for m in linear_modules(base).values()),
         "default_variant": DEFAULT_VARIANT, "probe_seeds": args.probe_seeds,
         "page": page, "dominant_consistency": consistency, "variant_agreement": agreement,
-        "probe_cost": cost, "seconds_total": time.perf_counter() - t_start,
+        "probe_cost": cost, "encoder": encoder, "seconds_total": time.perf_counter() - t_start,
         "note": "fine-tuning by placement: python -m benchmarks placement",
     }
     path = write_results(name, figures, args.out)

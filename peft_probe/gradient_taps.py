@@ -26,7 +26,7 @@ from flax import nnx
 from peft_probe.training import per_example_loss
 
 __all__ = ["gradient_statistics_fn", "gradient_statistics", "tapped_activations", "module_paths",
-           "per_example_sq_norms", "batch_gradient", "batch_gradient_sq_norm"]
+           "answer_token_weights", "per_example_sq_norms", "batch_gradient", "batch_gradient_sq_norm"]
 
 
 class _Tap(nnx.Module):
@@ -103,11 +103,20 @@ def batch_gradient_sq_norm(x: jax.Array, weighted_delta: jax.Array) -> jax.Array
     return jnp.sum(jnp.square(x2.T @ d2))
 
 
-def tapped_activations(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths: tuple, names: tuple
+def answer_token_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
+    """``n_i / N``: ``answer_token_loss`` (token-weighted) is ``Σ_i (n_i / N) ℓ_i`` in per-example losses."""
+    tokens = batch["loss_mask"][:, 1:].sum(1)
+    return tokens / jnp.maximum(tokens.sum(), 1)
+
+
+def tapped_activations(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths: tuple, names: tuple,
+                       example_losses: Callable[[nnx.Module, Any], jax.Array] = per_example_loss,
+                       example_weights: Callable[[Any], jax.Array] = answer_token_weights,
                        ) -> tuple[dict[str, tuple[jax.Array, jax.Array]], jax.Array]:
     """Traceable: ``{name: (x (b, t, d_in), δ (b, t, d_out))}`` of every named module, ``δ_i = ∂ℓ_i/∂y_i``, and
-    the example weights ``n_i / N (b,)`` of the token-weighted loss; ``graphdef, state = nnx.split(model)``,
-    ``paths = module_paths(names)``. For callers that fuse more work into the same jit."""
+    the example weights ``w (b,)`` with ``L = Σ_i w_i ℓ_i`` the batch loss; ``graphdef, state = nnx.split(model)``,
+    ``paths = module_paths(names)``. ``example_losses(model, batch) -> (b,)`` and ``example_weights(batch)``
+    default to the causal-LM answer loss. For callers that fuse more work into the same jit."""
     def tapped() -> nnx.Module:
         # built inside each transform that runs it (nnx modules cannot be mutated across trace levels)
         model = nnx.merge(graphdef, state)
@@ -116,7 +125,7 @@ def tapped_activations(graphdef: Any, state: Any, batch: dict[str, jax.Array], p
         return model
 
     def summed_example_losses(m: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array:
-        return per_example_loss(m, batch).sum()
+        return example_losses(m, batch).sum()
 
     # zero perturbations of every tapped output, shaped by an abstract forward pass (no compute)
     shapes = jax.eval_shape(lambda: nnx.capture(summed_example_losses, nnx.Perturbation)(tapped(), batch)[1])
@@ -135,10 +144,8 @@ def tapped_activations(graphdef: Any, state: Any, batch: dict[str, jax.Array], p
             raise ValueError(f"module {name} ran {len(recorded)} times in one forward pass; the probe needs one")
         x, delta = recorded[0], delta_at[path]
         out[name] = (x.reshape(x.shape[0], -1, x.shape[-1]), delta.reshape(delta.shape[0], -1, delta.shape[-1]))
-    tokens = batch["loss_mask"][:, 1:].sum(1)
     some = next(iter(out.values()))[1] if out else jnp.zeros(())
-    weights = (tokens / jnp.maximum(tokens.sum(), 1)).astype(some.dtype)  # answer_token_loss = Σ_i (n_i/N) ℓ_i
-    return out, weights
+    return out, example_weights(batch).astype(some.dtype)
 
 
 def gradient_statistics(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths: tuple, names: tuple,

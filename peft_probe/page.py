@@ -39,7 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from peft_probe.gradient_taps import batch_gradient_sq_norm, module_paths, per_example_sq_norms, tapped_activations
+from peft_probe.gradient_taps import (
+    answer_token_weights,
+    batch_gradient_sq_norm,
+    module_paths,
+    per_example_sq_norms,
+    tapped_activations,
+)
 from peft_probe.lora import (
     ALL_LINEAR,
     LoraConfig,
@@ -160,14 +166,24 @@ def _module_energies(x: jax.Array, delta: jax.Array, weights: jax.Array, seeds: 
     return {v: out[v] for v in variants}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "paths", "names", "variants", "config"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "paths", "names", "variants", "config", "losses", "weights"))
 def _page_energies(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths: tuple, names: tuple,
-                   variants: tuple, config: LoraConfig, seeds: jax.Array, hashes: dict[str, jax.Array]
-                   ) -> dict[str, dict[str, jax.Array]]:
+                   variants: tuple, config: LoraConfig, seeds: jax.Array, hashes: dict[str, jax.Array],
+                   losses: Callable, weights: Callable) -> dict[str, dict[str, jax.Array]]:
     """Every requested variant of every module for one batch, in one compiled call (one backward pass)."""
-    taps, weights = tapped_activations(graphdef, state, batch, paths, names)
-    per_module = {n: _module_energies(x, d, weights, seeds, hashes[n], variants, config) for n, (x, d) in taps.items()}
+    taps, w = tapped_activations(graphdef, state, batch, paths, names, losses, weights)
+    per_module = {n: _module_energies(x, d, w, seeds, hashes[n], variants, config) for n, (x, d) in taps.items()}
     return {v: {n: e[v] for n, e in per_module.items()} for v in variants}
+
+
+def probe_objective(model: nnx.Module) -> tuple[Callable, Callable, Callable]:
+    """``(check_batch, example_losses, example_weights)`` of the loss PAGE differentiates: the model class's own
+    (``probe_check_batch``, ``probe_example_losses``, ``probe_example_weights`` static methods, e.g.
+    ``SentenceClassifier``) or, by default, the causal-LM answer-token loss."""
+    cls = type(model)
+    if hasattr(cls, "probe_example_losses"):
+        return cls.probe_check_batch, cls.probe_example_losses, cls.probe_example_weights
+    return check_batch, per_example_loss, answer_token_weights
 
 
 def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
@@ -200,7 +216,8 @@ def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], con
     if lora_modules(model):
         raise ValueError("page_scores probes the base model; it already has LoRA adapters (merge_lora(model, "
                          "unload=True) or probe a fresh copy)")
-    checked = [check_batch(b, f"batches[{i}]") for i, b in enumerate(batches)]
+    check, losses, weights = probe_objective(model)
+    checked = [check(b, f"batches[{i}]") for i, b in enumerate(batches)]
     if not checked:
         raise ValueError("batches is empty; PAGE needs at least one probe batch")
     modules = candidate_modules(model, config)
@@ -213,7 +230,8 @@ def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], con
     totals = {v: dict.fromkeys(names, 0.0) for v in variants}
     for batch in _progress(checked, progress):
         energies = jax.device_get(_page_energies(graphdef, state, {k: jnp.asarray(v) for k, v in batch.items()},
-                                                 module_paths(names), names, variants, config, seeds, hashes))
+                                                 module_paths(names), names, variants, config, seeds, hashes,
+                                                 losses, weights))
         for variant, per_module in energies.items():
             for name, value in per_module.items():
                 totals[variant][name] += float(value) / len(checked)
