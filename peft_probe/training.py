@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from peft_probe.layer_scan import write_back
 from peft_probe.lora import LoraConfig, candidate_modules, inject_lora, lora_modules, save_adapters, trainable_count
+from peft_probe.models.inputs import batch_arrays
 
 __all__ = ["train_step", "ScannedLoraTrainer", "pad_batch", "check_batch",
            "answer_token_loss", "per_example_loss", "default_optimizer", "finetune",
@@ -33,12 +34,7 @@ _TOKEN_BUCKET = 32  # batches are padded to a multiple of this many tokens: a fe
 
 def check_batch(batch: Mapping[str, Any], name: str = "batch") -> dict[str, np.ndarray]:
     """Validate a batch dict (keys, ``(b, t)`` shapes, integer ids, at least one answer token per batch)."""
-    if not isinstance(batch, Mapping):
-        raise TypeError(f"{name} must be a dict with keys {_BATCH_KEYS}, got {type(batch).__name__}")
-    missing = [k for k in _BATCH_KEYS if k not in batch]
-    if missing:
-        raise ValueError(f"{name} is missing {missing}; expected keys {_BATCH_KEYS}")
-    out = {k: np.asarray(batch[k]) for k in _BATCH_KEYS}
+    out = batch_arrays(batch, _BATCH_KEYS, name)
     ids = out["input_ids"]
     if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] < 2:
         raise ValueError(f"{name}['input_ids'] must be (batch >= 1, tokens >= 2), got shape {ids.shape}")

@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from peft_probe.models.bert import BertModel
+from peft_probe.models.inputs import batch_arrays
 
 __all__ = ["SentenceClassifier"]
 
@@ -64,12 +65,7 @@ class SentenceClassifier(nnx.Module):
     @staticmethod
     def probe_check_batch(batch: Mapping[str, Any], name: str = "batch", classes: int | None = None
                           ) -> dict[str, np.ndarray]:
-        if not isinstance(batch, Mapping):
-            raise TypeError(f"{name} must be a dict with keys {_KEYS}, got {type(batch).__name__}")
-        missing = [k for k in _KEYS if k not in batch]
-        if missing:
-            raise ValueError(f"{name} is missing {missing}; expected keys {_KEYS}")
-        out = {k: np.asarray(batch[k]) for k in _KEYS}
+        out = batch_arrays(batch, _KEYS, name)
         ids, labels = out["input_ids"], out["labels"]
         if ids.ndim != 2 or ids.shape[0] == 0 or out["attention_mask"].shape != ids.shape:
             raise ValueError(f"{name}: input_ids and attention_mask must be one (batch >= 1, tokens) shape, got "

@@ -20,3 +20,16 @@ def check_token_inputs(input_ids: Any, attention_mask: Any = None, max_len: int 
         raise ValueError(f"attention_mask has shape {np.shape(attention_mask)}, input_ids has {shape}")
     if max_len is not None and shape[1] > max_len:
         raise ValueError(f"input_ids has {shape[1]} tokens, more than max_position_embeddings={max_len}")
+
+
+def batch_arrays(batch: Any, keys: tuple[str, ...], name: str = "batch") -> dict[str, np.ndarray]:
+    """``{key: np.asarray(batch[key])}`` for a dict ``batch`` holding every key of ``keys``; ``TypeError`` for a
+    non-dict, ``ValueError`` naming the missing keys."""
+    from collections.abc import Mapping
+
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"{name} must be a dict with keys {keys}, got {type(batch).__name__}")
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"{name} is missing {missing}; expected keys {keys}")
+    return {k: np.asarray(batch[k]) for k in keys}
