@@ -104,7 +104,7 @@ def run_one(base: nnx.Module, config: LoraConfig, train: list[dict[str, np.ndarr
     """One (placement, lr, seed) run: curves of held-out metrics vs steps and training seconds; the generation
     metric at step ``steps`` and, if the run continues to ``time_budget`` seconds, there too."""
     model = nnx.clone(base)
-    inject_lora(model, config, seed)
+    adapted = inject_lora(model, config, seed)
     trainer = ScannedLoraTrainer(model, study_optimizer(lr, warmup=max(1, steps // 10)))
     order = np.random.default_rng([seed, 1]).permutation(len(train))
     to_device = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
@@ -133,8 +133,8 @@ def run_one(base: nnx.Module, config: LoraConfig, train: list[dict[str, np.ndarr
     if generate is not None:
         gen["equal_time"] = _merged_metric(trainer, model, generate) if step > steps else gen["equal_steps"]
     trainable = sum(int(x.size) for x in jax.tree.leaves(trainer.trainable))
-    return {"trainable": trainable, "train_losses": losses, "curve": curve, "first_step_s": compile_s,
-            "step_s": seconds / max(step - 1, 1), "steps_run": step, "generation": gen,
+    return {"adapted": adapted, "trainable": trainable, "train_losses": losses, "curve": curve,
+            "first_step_s": compile_s, "step_s": seconds / max(step - 1, 1), "steps_run": step, "generation": gen,
             "reached_time_budget": time_budget is None or seconds >= time_budget}
 
 
@@ -219,6 +219,12 @@ def _plot(runs: list[dict[str, Any]], summary: list[dict[str, Any]], name: str, 
     return path
 
 
+def _page_table(base: nnx.Module, tokenizer: Any, task: Any, st: dict[str, Any]) -> Any:
+    """PAGE (default variant) on the first 16 training examples, in batches of 4."""
+    probe = make_batches(task.train[:16], tokenizer, 4, st["max_len"], tokenizer.pad_token_id or 0)
+    return page_scores(base, probe, LoraConfig(r=st["rank"], alpha=st["alpha"], target_modules=ALL_LINEAR))
+
+
 def run_study(base: nnx.Module, tokenizer: Any, settings: dict[str, Any], runs_dir: Path
               ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float]]:
     """Every (task, placement, lr, seed) run of ``settings`` (see ``main``), skipping those already in
@@ -233,8 +239,7 @@ def run_study(base: nnx.Module, tokenizer: Any, settings: dict[str, Any], runs_d
     for task_name in st["tasks"]:
         task = make_task(task_name, n_train=st["steps"] * st["batch"], n_eval=st["n_val"] + st["n_test"], seed=0)
         val, test = task.eval[:st["n_val"]], task.eval[st["n_val"]:]
-        probe = make_batches(task.train[:16], tokenizer, 4, st["max_len"], pad)
-        table = page_scores(base, probe, LoraConfig(r=st["rank"], alpha=st["alpha"], target_modules=ALL_LINEAR))
+        table = _page_table(base, tokenizer, task, st)
         pages[task_name] = [r._asdict() for r in table.top(5)]
         train = make_batches(task.train, tokenizer, st["batch"], st["max_len"], pad)
         held = {"val": make_batches(val, tokenizer, 8, st["max_len"], pad),
@@ -267,6 +272,31 @@ def run_study(base: nnx.Module, tokenizer: Any, settings: dict[str, Any], runs_d
     return runs, pages, budgets
 
 
+def finished_runs(settings: dict[str, Any], runs_dir: Path
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, float]]:
+    """The runs of ``settings`` already in ``runs_dir``, for the placements that have every (lr, seed) run."""
+    stamp = runs_dir / "settings.json"
+    if not stamp.exists() or json.loads(stamp.read_text())["hash"] != _settings_hash(settings):
+        raise SystemExit(f"{runs_dir} holds no runs made with these settings")
+    runs, budgets = [], {}
+    for task in settings["tasks"]:
+        for folder in sorted(p for p in (runs_dir / task).iterdir() if p.is_dir()):
+            paths = [folder / f"lr={lr:g}" / f"seed={seed}.json" for lr in settings["lrs"]
+                     for seed in range(settings["seeds"])]
+            if not all(path.exists() for path in paths):
+                continue
+            for path in paths:
+                runs.append({"task": task, "placement": folder.name, "lr": float(path.parent.name[3:]),
+                             "seed": int(path.stem[5:]), "result": json.loads(path.read_text())})
+        linear = [r for r in runs if r["task"] == task and r["placement"] == "all_linear"]
+        if not linear:
+            raise SystemExit(f"{runs_dir}: all-linear has not finished on {task}; nothing to compare with")
+        budgets[task] = float(np.mean([_at(r["result"]["curve"], "train_s", step=settings["steps"]) for r in linear]))
+    order = ["all_linear", "domlora", "page_top2", "page_top4", "attention_only", "random_single", "deepest_down_proj"]
+    runs.sort(key=lambda r: (r["task"], order.index(r["placement"]) if r["placement"] in order else 99))
+    return runs, {}, budgets
+
+
 def main(argv: list[str]) -> dict:
     p = parser("placement", __doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="*", default=None, help="task families (quick: arithmetic; full: all four)")
@@ -283,6 +313,8 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--generate", type=int, default=None, help="test examples generated (quick 8, full 64)")
     p.add_argument("--max-steps-factor", type=float, default=3.0)
     p.add_argument("--runs", type=Path, default=None, help="folder of per-run results (resume)")
+    p.add_argument("--summarize-only", action="store_true",
+                   help="train nothing: summarize the finished runs in --runs (placements missing a run are left out)")
     args = p.parse_args(argv)
     quick = args.quick
     name = "placement_quick" if quick else "placement"
@@ -293,7 +325,7 @@ def main(argv: list[str]) -> dict:
     n_test = args.n_test or (32 if quick else 128)
     n_val = args.n_val or (16 if quick else 64)
     n_gen = args.generate if args.generate is not None else (8 if quick else 64)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "runs", "quick")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "runs", "quick", "summarize_only")}
     settings |= {"tasks": tasks, "lrs": lrs, "steps": steps, "eval_every": eval_every, "n_val": n_val, "n_test": n_test,
                  "generate": n_gen, "page_variant": DEFAULT_VARIANT}
     runs_dir = args.runs or RUNS_DIR / name
@@ -303,7 +335,12 @@ def main(argv: list[str]) -> dict:
     from peft_probe.weights import load_gguf
 
     _, base = load_gguf()
-    runs, pages, budgets = run_study(base, gguf_tokenizer(), settings, runs_dir)
+    if args.summarize_only:
+        runs, _, budgets = finished_runs(settings, runs_dir)
+        pages = {t: [r._asdict() for r in _page_table(base, gguf_tokenizer(), make_task(
+            t, n_train=steps * args.batch, n_eval=n_val + n_test, seed=0), settings).top(5)] for t in tasks}
+    else:
+        runs, pages, budgets = run_study(base, gguf_tokenizer(), settings, runs_dir)
     summary = [row for task in tasks for row in summarize([r for r in runs if r["task"] == task], steps,
                                                             budgets[task])]
     print_table([{k: v for k, v in s.items() if k != "val_loss_by_lr"} for s in summary],
@@ -315,6 +352,7 @@ def main(argv: list[str]) -> dict:
                "runs": [{k: v for k, v in r.items() if k != "result"} | {
                    "curve": r["result"]["curve"], "generation": r["result"]["generation"],
                    "step_s": r["result"]["step_s"], "steps_run": r["result"]["steps_run"]} for r in runs],
+               "complete": len(runs) == len(tasks) * 7 * len(lrs) * args.seeds,
                "seconds_total": time.perf_counter() - t_start}
     path = write_results(name, figures, args.out)
     print(f"wrote {path}")

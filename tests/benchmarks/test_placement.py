@@ -77,3 +77,16 @@ def test_a_restart_runs_only_what_is_missing_and_refuses_other_settings(study, m
     assert redone["train_losses"][:4] == pytest.approx(first["train_losses"][:4], rel=1e-6)
     with pytest.raises(SystemExit, match="other settings"):
         placement.run_study(base, tokenizer, dict(SETTINGS, steps=5), runs_dir)
+
+
+def test_summarize_only_reads_the_finished_placements(study, tmp_path):
+    base, _, runs_dir, (runs, _, budgets) = study
+    finished, _, read_budgets = placement.finished_runs(SETTINGS, runs_dir)
+    assert read_budgets == pytest.approx(budgets)
+    assert {(r["placement"], r["seed"]) for r in finished} == {(r["placement"], r["seed"]) for r in runs}
+    assert finished[0]["placement"] == "all_linear" and finished[0]["result"]["adapted"]
+    (runs_dir / "arithmetic" / "random_single" / "lr=0.01" / "seed=0.json").unlink()  # an unfinished placement
+    partial, _, _ = placement.finished_runs(SETTINGS, runs_dir)
+    assert "random_single" not in {r["placement"] for r in partial} and len(partial) == len(finished) - 2
+    with pytest.raises(SystemExit, match="no runs made with these settings"):
+        placement.finished_runs(dict(SETTINGS, seeds=3), runs_dir)
