@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from peft_probe.lora import _set_child, module_at, module_path
 from peft_probe.training import per_example_loss
 
 __all__ = ["gradient_statistics_fn", "gradient_statistics", "tapped_activations", "module_paths",
@@ -58,23 +59,8 @@ def gradient_statistics_fn(model: nnx.Module, names: Iterable[str], batch_gradie
 
 
 def module_paths(names: Iterable[str]) -> tuple[tuple, ...]:
-    """Graph paths of dotted module names (``model.layers.3.mlp`` -> ``("model", "layers", 3, "mlp")``)."""
-    return tuple(tuple(int(p) if p.isdigit() else p for p in n.split(".")) for n in names)
-
-
-def _module_at(model: nnx.Module, path: tuple) -> Any:
-    node = model
-    for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-    return node
-
-
-def _set_module(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
-    parent = _module_at(model, path[:-1])
-    if isinstance(path[-1], int):
-        parent[path[-1]] = new
-    else:
-        setattr(parent, path[-1], new)
+    """Graph paths of dotted module names (``lora.module_path`` of each)."""
+    return tuple(module_path(n) for n in names)
 
 
 def per_example_sq_norms(x: jax.Array, delta: jax.Array) -> jax.Array:
@@ -121,7 +107,7 @@ def tapped_activations(graphdef: Any, state: Any, batch: dict[str, jax.Array], p
         # built inside each transform that runs it (nnx modules cannot be mutated across trace levels)
         model = nnx.merge(graphdef, state)
         for path in paths:
-            _set_module(model, path, _Tap(_module_at(model, path)))
+            _set_child(model, path, _Tap(module_at(model, path)))
         return model
 
     def summed_example_losses(m: nnx.Module, batch: dict[str, jax.Array]) -> jax.Array:

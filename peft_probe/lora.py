@@ -153,10 +153,21 @@ def base_key(rngs: nnx.Rngs | int | jax.Array) -> jax.Array:
     return rngs
 
 
+def module_path(name: str) -> tuple:
+    """The graph path of a dotted module name (``model.layers.3.mlp`` -> ``("model", "layers", 3, "mlp")``)."""
+    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
+
+
+def module_at(model: nnx.Module, path: tuple) -> Any:
+    """The node at graph ``path`` below ``model``."""
+    node = model
+    for part in path:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
 def _set_child(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
-    parent = model
-    for part in path[:-1]:
-        parent = parent[part] if isinstance(part, int) else getattr(parent, part)
+    parent = module_at(model, path[:-1])
     if isinstance(path[-1], int):
         parent[path[-1]] = new
     else:
@@ -195,7 +206,7 @@ def merge_lora(model: nnx.Module, unload: bool = False) -> None:
     for name, module in lora_modules(model).items():
         module.merge()
         if unload:
-            path = tuple(int(p) if p.isdigit() else p for p in name.split("."))
+            path = module_path(name)
             _set_child(model, path, module.base_layer)
 
 

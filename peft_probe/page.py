@@ -53,6 +53,7 @@ from peft_probe.lora import (
     lora_a_init,
     lora_modules,
     module_layer,
+    module_path,
     name_hash,
 )
 from peft_probe.training import answer_token_loss, check_batch, per_example_loss
@@ -117,7 +118,7 @@ def kernel_gradient_fn(model: nnx.Module, names: Iterable[str], per_example: boo
     """``batch -> {name: dL/dkernel (d_in, d_out)}`` for the named ``nnx.Linear`` modules, from one backward
     pass through the frozen model; with ``per_example`` the gradients are ``(b, d_in, d_out)``, one per
     example's own loss (vmapped). Compiled once per model structure and batch shape."""
-    wanted = {tuple(int(p) if p.isdigit() else p for p in n.split(".")) + ("kernel",): n for n in names}
+    wanted = {module_path(n) + ("kernel",): n for n in names}
     graphdef, kernels, rest = nnx.split(model, lambda path, _: tuple(path) in wanted, ...)
 
     def step(batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
