@@ -75,12 +75,15 @@ def per_example_loss(model: nnx.Module, batch: Mapping[str, jax.Array]) -> jax.A
 def answer_token_accuracy(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced answer metrics ``(token_accuracy, exact)``: the fraction of answer tokens whose argmax is
     right, and per example whether all are (equal to greedy decoding reproducing the answer exactly)."""
-    logits = model(batch["input_ids"], batch["attention_mask"])[:, :-1]
-    hit = (logits.argmax(-1) == batch["input_ids"][:, 1:])
-    mask = batch["loss_mask"][:, 1:].astype(bool)
+    hit, mask = _answer_hits(model(batch["input_ids"], batch["attention_mask"]), batch)
     token_acc = (hit & mask).sum() / jnp.maximum(mask.sum(), 1)
     exact = jnp.all(hit | ~mask, axis=1)
     return token_acc, exact
+
+
+def _answer_hits(logits: jax.Array, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Whether each next-token argmax is right ``(b, t-1)``, and which of those positions are answer tokens."""
+    return logits[:, :-1].argmax(-1) == batch["input_ids"][:, 1:], batch["loss_mask"][:, 1:].astype(bool)
 
 
 def default_optimizer(learning_rate: float = 2e-4, steps: int = 100, warmup: int | None = None,
@@ -115,7 +118,7 @@ class ScannedLoraTrainer:
     stacking leaves changes nothing), but XLA compiles one layer per run instead of every layer, and the
     optimizer updates one stacked leaf per adapter matrix instead of one per module (all-linear LoRA on SmolLM2:
     420 leaves). The layers' weights are stacked once here; the model itself is only changed by
-    ``write_back``. ``supports(model)`` says whether a model can be trained this way.
+    ``write_back``. ``unsupported(model)`` says why a model cannot be trained this way (empty if it can).
     """
 
     def __init__(self, model: nnx.Module, optimizer: optax.GradientTransformation):
@@ -143,8 +146,7 @@ class ScannedLoraTrainer:
         def metrics(trainable, frozen, outer_state, batch):
             out = logits(trainable, frozen, outer_state, batch)
             losses, mask = _answer_losses(out, batch)
-            hit = out[:, :-1].argmax(-1) == batch["input_ids"][:, 1:]
-            answer = batch["loss_mask"][:, 1:].astype(bool)
+            hit, answer = _answer_hits(out, batch)
             return losses.sum(), mask.sum(), (hit & answer).sum(), jnp.all(hit | ~answer, axis=1)
 
         def step(trainable, opt_state, frozen, outer_state, batch):
