@@ -217,11 +217,7 @@ class LlamaForCausalLM(nnx.Module):
         Returns logits ``(b, t, vocab)`` float32.
         """
         check_token_inputs(input_ids, attention_mask, self.config.max_position_embeddings)
-        b, t = input_ids.shape
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-        key_mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
-        allowed = jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
+        positions, allowed = _causal_inputs(input_ids, attention_mask, positions)
         logits, _ = self._forward(input_ids, positions, allowed, cache=None, index=0)
         return logits
 
@@ -275,10 +271,18 @@ def causal_lm_logits(config: LlamaConfig, outer: dict[str, nnx.Module], layers: 
                      input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """``LlamaForCausalLM.__call__`` as a function of its parts: ``outer`` from ``outer_modules()`` and
     ``layers = (runs, states)`` from ``layer_runs(...)`` (states may be traced, e.g. differentiated)."""
-    b, t = input_ids.shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    allowed = jnp.tril(jnp.ones((t, t), bool))[None] & attention_mask.astype(bool)[:, None, :]
+    positions, allowed = _causal_inputs(input_ids, attention_mask)
     return _decoder(config, outer, layers, input_ids, positions, allowed, None, 0)[0]
+
+
+def _causal_inputs(input_ids: jax.Array, attention_mask: jax.Array | None, positions: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+    """Rotary positions (default ``0..t-1``) and the ``(b, t, t)`` causal mask over non-padding keys."""
+    b, t = input_ids.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    key_mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+    return positions, jnp.tril(jnp.ones((t, t), bool))[None] & key_mask[:, None, :]
 
 
 def _decoder(config: LlamaConfig, outer: dict[str, nnx.Module], layers: Any, input_ids, positions, allowed,
