@@ -29,8 +29,10 @@ def dominant_module(scores: PageScores) -> ModuleScore:
 def domlora_config(scores: PageScores, r: int = 8, alpha: float | None = None, dropout: float = 0.0) -> LoraConfig:
     """A ``LoraConfig`` with one adapter at the dominant module (``alpha`` defaults to ``2 r``)."""
     best = dominant_module(scores)
-    if best.layer < 0:
-        # outside the layer stack a suffix + layer index cannot name it; an exact regex can
+    same_suffix = [row for row in scores.rows if row.layer == best.layer and row.name.endswith("." + best.module)]
+    if best.layer < 0 or len(same_suffix) > 1:
+        # outside the layer stack a suffix + layer index cannot name it, nor where the suffix is shared (BERT's
+        # attention.output.dense, intermediate.dense and output.dense all end in "dense"); an exact regex can
         return LoraConfig(r=r, alpha=2.0 * r if alpha is None else alpha, target_modules=best.name.replace(".", r"\."),
                           dropout=dropout)
     return LoraConfig(r=r, alpha=2.0 * r if alpha is None else alpha, target_modules=(best.module,),

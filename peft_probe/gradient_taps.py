@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from peft_probe.lora import _set_child, module_at, module_path
-from peft_probe.training import per_example_loss
+from peft_probe.training import answer_token_weights, per_example_loss
 
 __all__ = ["gradient_statistics_fn", "gradient_statistics", "tapped_activations", "module_paths",
            "answer_token_weights", "per_example_sq_norms", "batch_gradient", "batch_gradient_sq_norm"]
@@ -87,12 +87,6 @@ def batch_gradient_sq_norm(x: jax.Array, weighted_delta: jax.Array) -> jax.Array
     if n * (d_in + d_out) < d_in * d_out:
         return jnp.sum((x2 @ x2.T) * (d2 @ d2.T))
     return jnp.sum(jnp.square(x2.T @ d2))
-
-
-def answer_token_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
-    """``n_i / N``: ``answer_token_loss`` (token-weighted) is ``Σ_i (n_i / N) ℓ_i`` in per-example losses."""
-    tokens = batch["loss_mask"][:, 1:].sum(1)
-    return tokens / jnp.maximum(tokens.sum(), 1)
 
 
 def tapped_activations(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths: tuple, names: tuple,

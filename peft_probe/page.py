@@ -40,7 +40,6 @@ import numpy as np
 from flax import nnx
 
 from peft_probe.gradient_taps import (
-    answer_token_weights,
     batch_gradient_sq_norm,
     module_paths,
     per_example_sq_norms,
@@ -56,7 +55,7 @@ from peft_probe.lora import (
     module_path,
     name_hash,
 )
-from peft_probe.training import answer_token_loss, check_batch, per_example_loss
+from peft_probe.training import objective, training_loss
 
 __all__ = ["VARIANTS", "DEFAULT_VARIANT", "ABLATIONS", "ModuleScore", "PageScores", "page_scores", "page_scores_all",
            "kernel_gradient_fn", "variant_agreement", "plot_page_heatmap"]
@@ -117,7 +116,8 @@ def kernel_gradient_fn(model: nnx.Module, names: Iterable[str], per_example: boo
                        ) -> Callable[[Mapping[str, jax.Array]], dict[str, jax.Array]]:
     """``batch -> {name: dL/dkernel (d_in, d_out)}`` for the named ``nnx.Linear`` modules, from one backward
     pass through the frozen model; with ``per_example`` the gradients are ``(b, d_in, d_out)``, one per
-    example's own loss (vmapped). Compiled once per model structure and batch shape."""
+    example's own loss (vmapped); the loss is ``training.objective(model)``'s. Compiled once per model
+    structure and batch shape."""
     wanted = {module_path(n) + ("kernel",): n for n in names}
     graphdef, kernels, rest = nnx.split(model, lambda path, _: tuple(path) in wanted, ...)
 
@@ -134,8 +134,8 @@ def _kernel_grads(graphdef: Any, kernels: nnx.State, rest: nnx.State, batch: dic
     def loss(k: nnx.State, example_batch: dict[str, jax.Array]) -> jax.Array:
         model = nnx.merge(graphdef, k, rest)
         if per_example:
-            return per_example_loss(model, example_batch)[0]
-        return answer_token_loss(model, example_batch)
+            return objective(model).example_losses(model, example_batch)[0]
+        return training_loss(model, example_batch)
 
     if per_example:
         one = lambda example: jax.grad(loss)(kernels, {key: v[None] for key, v in example.items()})  # noqa: E731
@@ -177,16 +177,6 @@ def _page_energies(graphdef: Any, state: Any, batch: dict[str, jax.Array], paths
     return {v: {n: e[v] for n, e in per_module.items()} for v in variants}
 
 
-def probe_objective(model: nnx.Module) -> tuple[Callable, Callable, Callable]:
-    """``(check_batch, example_losses, example_weights)`` of the loss PAGE differentiates: the model class's own
-    (``probe_check_batch``, ``probe_example_losses``, ``probe_example_weights`` static methods, e.g.
-    ``SentenceClassifier``) or, by default, the causal-LM answer-token loss."""
-    cls = type(model)
-    if hasattr(cls, "probe_example_losses"):
-        return cls.probe_check_batch, cls.probe_example_losses, cls.probe_example_weights
-    return check_batch, per_example_loss, answer_token_weights
-
-
 def page_scores(model: nnx.Module, batches: Iterable[Mapping[str, Any]], config: LoraConfig | None = None,
                 variant: str = DEFAULT_VARIANT, seed: int = 0, num_draws: int = 1, progress: bool = False
                 ) -> PageScores:
@@ -217,7 +207,7 @@ def page_scores_all(model: nnx.Module, batches: Iterable[Mapping[str, Any]], con
     if lora_modules(model):
         raise ValueError("page_scores probes the base model; it already has LoRA adapters (merge_lora(model, "
                          "unload=True) or probe a fresh copy)")
-    check, losses, weights = probe_objective(model)
+    check, losses, weights, _ = objective(model)
     checked = [check(b, f"batches[{i}]") for i, b in enumerate(batches)]
     if not checked:
         raise ValueError("batches is empty; PAGE needs at least one probe batch")

@@ -9,7 +9,7 @@ token) and ``loss_mask`` (1 = this token belongs to the answer and is predicted 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,9 +24,9 @@ from peft_probe.layer_scan import write_back
 from peft_probe.lora import LoraConfig, candidate_modules, inject_lora, lora_modules, save_adapters, trainable_count
 from peft_probe.models.inputs import batch_arrays
 
-__all__ = ["train_step", "ScannedLoraTrainer", "pad_batch", "check_batch",
-           "answer_token_loss", "per_example_loss", "default_optimizer", "finetune",
-           "FinetuneResult", "answer_token_accuracy"]
+__all__ = ["train_step", "ScannedLoraTrainer", "pad_batch", "check_batch", "Objective", "objective",
+           "training_loss", "answer_token_loss", "per_example_loss", "answer_token_weights", "default_optimizer",
+           "finetune", "FinetuneResult", "answer_token_accuracy"]
 
 _BATCH_KEYS = ("input_ids", "attention_mask", "loss_mask")
 _TOKEN_BUCKET = 32  # batches are padded to a multiple of this many tokens: a few compiled shapes, little waste
@@ -72,6 +72,41 @@ def per_example_loss(model: nnx.Module, batch: Mapping[str, jax.Array]) -> jax.A
     return losses.sum(1) / jnp.maximum(mask.sum(1), 1.0)
 
 
+def answer_token_weights(batch: Mapping[str, jax.Array]) -> jax.Array:
+    """``n_i / N``: ``answer_token_loss`` (token-weighted) is ``Σ_i (n_i / N) ℓ_i`` in per-example losses."""
+    tokens = batch["loss_mask"][:, 1:].sum(1)
+    return tokens / jnp.maximum(tokens.sum(), 1)
+
+
+class Objective(NamedTuple):
+    """A model's training loss ``L = Σ_i w_i ℓ_i`` in per-example terms, which fine-tuning minimizes and PAGE
+    differentiates: ``check_batch(batch, name) -> numpy dict`` (raises on bad input), ``example_losses(model,
+    batch) -> ℓ (b,)`` and ``example_weights(batch) -> w (b,)``."""
+
+    check_batch: Callable[..., dict[str, np.ndarray]]
+    example_losses: Callable[[nnx.Module, Mapping[str, jax.Array]], jax.Array]
+    example_weights: Callable[[Mapping[str, jax.Array]], jax.Array]
+    own: bool  # supplied by the model class (False: the causal-LM answer-token loss)
+
+
+def objective(model: nnx.Module) -> Objective:
+    """The model's own objective (its method ``objective_check_batch`` and the static ``objective_example_losses``,
+    ``objective_example_weights``, e.g. ``SentenceClassifier``) or, by default, the answer-token cross entropy."""
+    cls = type(model)
+    if hasattr(cls, "objective_example_losses"):
+        return Objective(model.objective_check_batch, cls.objective_example_losses, cls.objective_example_weights,
+                         True)
+    return Objective(check_batch, per_example_loss, answer_token_weights, False)
+
+
+def training_loss(model: nnx.Module, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """``Σ_i w_i ℓ_i`` of ``objective(model)`` (for a causal LM exactly ``answer_token_loss``)."""
+    obj = objective(model)
+    if not obj.own:
+        return answer_token_loss(model, batch)
+    return jnp.sum(obj.example_weights(batch) * obj.example_losses(model, batch))
+
+
 def answer_token_accuracy(model: nnx.Module, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced answer metrics ``(token_accuracy, exact)``: the fraction of answer tokens whose argmax is
     right, and per example whether all are (equal to greedy decoding reproducing the answer exactly)."""
@@ -104,9 +139,9 @@ class FinetuneResult(NamedTuple):
 
 @nnx.jit
 def train_step(model: nnx.Module, optimizer: nnx.Optimizer, batch: dict[str, jax.Array]) -> jax.Array:
-    """One adapter step on the model as it is (unrolled layers); works for any model and any adapter."""
+    """One adapter step on ``training_loss`` with the model as it is (unrolled layers); any model, any adapter."""
     diff = nnx.DiffState(0, nnx.LoRAParam)
-    loss, grads = nnx.value_and_grad(answer_token_loss, argnums=diff)(model, batch)
+    loss, grads = nnx.value_and_grad(training_loss, argnums=diff)(model, batch)
     optimizer.update(model, grads)
     return loss
 
@@ -220,7 +255,9 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
     """Train only the LoRA adapters of ``model`` on ``data`` (in place).
 
     config: injected first if given (``None``: the model already has adapters); data: batches (dicts, see module
-    docstring), cycled until ``steps`` (default: one pass) and padded to one shape; optimizer: default
+    docstring), cycled until ``steps`` (default: one pass) and padded to one shape. A model with its own
+    ``objective`` (e.g. ``SentenceClassifier``) is trained on that loss, with its batches as given (one compiled
+    step per distinct batch shape) and the unrolled ``train_step``; optimizer: default
     ``default_optimizer(steps=steps)``; checkpoint: folder for an orbax checkpoint of the trained adapters;
     scan_layers: train with ``ScannedLoraTrainer`` (default: whenever the model supports it; ``False``: the
     unrolled ``train_step``). Base weights are never changed.
@@ -230,7 +267,8 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
         raise ValueError("model has no LoRA adapters; pass a LoraConfig or call inject_lora first")
     if config is not None and not isinstance(config, LoraConfig):
         raise TypeError(f"config must be a LoraConfig or None, got {type(config).__name__}")
-    batches = [check_batch(b, f"data[{i}]") for i, b in enumerate(data)]
+    obj = objective(model)
+    batches = [obj.check_batch(b, f"data[{i}]") for i, b in enumerate(data)]
     if not batches:
         raise ValueError("data is empty; need at least one batch")
     steps = len(batches) if steps is None else int(steps)
@@ -238,13 +276,14 @@ def finetune(model: nnx.Module, config: LoraConfig | None, data: Iterable[Mappin
         raise ValueError(f"steps must be positive, got {steps}")
     if scan_layers not in (None, True, False):
         raise TypeError(f"scan_layers must be None, True or False, got {scan_layers!r}")
-    reason = ScannedLoraTrainer.unsupported(model, config)
+    reason = "a model-supplied objective" if obj.own else ScannedLoraTrainer.unsupported(model, config)
     if scan_layers and reason:
         raise ValueError(f"scan_layers=True but {reason}")
     if config is not None:
         inject_lora(model, config, rngs)
-    rows, tokens = _bucket_shape(batches, model)
-    batches = [pad_batch(b, rows, tokens) for b in batches]
+    if not obj.own:
+        rows, tokens = _bucket_shape(batches, model)
+        batches = [pad_batch(b, rows, tokens) for b in batches]
     tx = default_optimizer(steps=steps) if optimizer is None else optimizer
     model.train()
     if scan_layers is not False and not reason:

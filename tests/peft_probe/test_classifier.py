@@ -5,13 +5,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from peft_probe.lora import ALL_LINEAR, LoraConfig, linear_modules
+from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, linear_modules, lora_modules
 from peft_probe.models.bert import BertConfig, BertModel
 from peft_probe.models.classifier import SentenceClassifier
 from peft_probe.page import VARIANTS, page_scores_all
+from peft_probe.training import finetune
 
 CLASSES = 3
 
@@ -53,7 +55,7 @@ def test_page_on_the_encoder_equals_per_example_autodiff_and_skips_the_head(clas
     def example_loss(kernels, i):
         model = nnx.merge(graphdef, kernels, rest)
         one = {k: jnp.asarray(v[i:i + 1]) for k, v in batch.items()}
-        return SentenceClassifier.probe_example_losses(model, one)[0]
+        return SentenceClassifier.objective_example_losses(model, one)[0]
 
     wanted = {tuple(int(p) if p.isdigit() else p for p in n.split(".")) + ("kernel",) for n in names}
     graphdef, kernels, rest = nnx.split(classifier, lambda path, _: tuple(path) in wanted, ...)
@@ -79,3 +81,74 @@ def test_bad_classifier_batches_raise_naming_the_key(classifier):
     with pytest.raises(ValueError, match="labels"):
         SentenceClassifier.fit(classifier.encoder, [dict(_batch(0), labels=np.full(4, 7))], CLASSES)
     assert len(linear_modules(classifier)) == 13  # the 12 encoder layers and the head
+
+
+def _ridge_loss_by_hand(model: SentenceClassifier, batch: dict[str, np.ndarray]) -> jax.Array:
+    scores = model(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]))
+    return 0.5 * jnp.mean(jnp.sum((scores - jnp.eye(CLASSES)[batch["labels"]]) ** 2, axis=1))
+
+
+def test_finetune_is_sgd_on_the_ridge_objective_of_the_adapters_alone(classifier):
+    """Two SGD steps through ``finetune`` == two steps of jax.grad on the loss written out here, float64: 1e-12
+    (only summation order differs). The head and every base weight stay bit-identical."""
+    config = LoraConfig(r=2, alpha=4, target_modules=ALL_LINEAR)
+    batches = [_batch(3), _batch(4)]
+    model = nnx.clone(classifier)
+    result = finetune(model, config, batches, optax.sgd(0.5), steps=2)
+
+    ref = nnx.clone(classifier)
+    inject_lora(ref, config, 0)
+    graphdef, adapters, rest = nnx.split(ref, nnx.LoRAParam, ...)
+    expected_losses = []
+    for batch in batches:
+        loss, grads = jax.value_and_grad(lambda a, b=batch: _ridge_loss_by_hand(nnx.merge(graphdef, a, rest), b))(
+            adapters)
+        expected_losses.append(float(loss))
+        adapters = jax.tree.map(lambda p, g: p - 0.5 * g, adapters, grads)
+    np.testing.assert_allclose(result.losses, expected_losses, rtol=1e-12)
+    assert expected_losses[0] == pytest.approx(float(_ridge_loss_by_hand(classifier, batches[0])), rel=1e-12)
+    for (path, got), (_, want) in zip(nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)),
+                                      nnx.to_flat_state(adapters), strict=True):
+        np.testing.assert_allclose(np.asarray(got.get_value()), np.asarray(want.get_value()), rtol=1e-12,
+                                   atol=1e-15, err_msg=str(path))
+    assert float(jnp.abs(nnx.state(model, nnx.LoRAParam)["encoder"]["encoder"]["layer"][0]["output"]["dense"]
+                         ["lora_B"][...]).max()) > 0  # the adapters did move
+    np.testing.assert_array_equal(np.asarray(model.classifier.kernel[...]),
+                                  np.asarray(classifier.classifier.kernel[...]))
+    before = nnx.to_flat_state(nnx.state(classifier, nnx.Param))
+    after = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    for path, value in before:
+        trained = after.get(path) or after[path[:-1] + ("base_layer", path[-1])]
+        np.testing.assert_array_equal(np.asarray(trained.get_value()), np.asarray(value.get_value()))
+
+
+def test_refit_head_is_the_ridge_solution_on_the_adapted_features_and_accuracy_counts_argmax(classifier):
+    model = nnx.clone(classifier)
+    finetune(model, LoraConfig(r=2, alpha=4, target_modules=("value", "output.dense")), [_batch(5)],
+             optax.sgd(1.0), steps=3)
+    batches = [_batch(0), _batch(1)]
+    model.refit_head(batches, gamma=0.3)
+    x = np.concatenate([np.asarray(model.encoder.encode(jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"])))
+                        for b in batches])
+    y = np.eye(CLASSES)[np.concatenate([b["labels"] for b in batches])]
+    np.testing.assert_allclose(np.asarray(model.classifier.kernel[...]),
+                               np.linalg.solve(x.T @ x + 0.3 * np.eye(x.shape[1]), x.T @ y), rtol=1e-9, atol=1e-12)
+    assert not np.allclose(np.asarray(model.classifier.kernel[...]), np.asarray(classifier.classifier.kernel[...]))
+    test = [_batch(6), _batch(7, rows=3)]
+    scores = [np.asarray(model(jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"]))) for b in test]
+    expected = np.mean(np.concatenate([s.argmax(1) == b["labels"] for s, b in zip(scores, test)]))
+    assert model.accuracy(test) == pytest.approx(expected)
+
+
+def test_bad_finetune_batch_raises_and_leaves_the_classifier_without_adapters(classifier):
+    model = nnx.clone(classifier)
+    with pytest.raises(ValueError, match="labels"):
+        finetune(model, LoraConfig(r=2, alpha=4, target_modules=ALL_LINEAR), [dict(_batch(0), labels=np.full(4, 9))])
+    assert not lora_modules(model)
+    with pytest.raises(ValueError, match="scan_layers=True"):
+        finetune(model, LoraConfig(r=2, alpha=4, target_modules=ALL_LINEAR), [_batch(0)], scan_layers=True)
+    assert not lora_modules(model)
+    with pytest.raises(ValueError, match="labels"):
+        model.refit_head([dict(_batch(0), labels=np.full(4, -1))])
+    np.testing.assert_array_equal(np.asarray(model.classifier.kernel[...]),
+                                  np.asarray(classifier.classifier.kernel[...]))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import pytest
+from flax import nnx
 
 from peft_probe.domlora import dominant_module, domlora_config, top_k_config
-from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, lora_modules, trainable_count
+from peft_probe.lora import ALL_LINEAR, LoraConfig, inject_lora, lora_modules, module_layer, trainable_count
 from peft_probe.models.llama import LlamaConfig
 from peft_probe.page import ModuleScore, PageScores, page_scores
 from tests.peft_probe.lora_fixtures import random_batch, tiny_model
@@ -13,7 +15,7 @@ from tests.peft_probe.lora_fixtures import random_batch, tiny_model
 
 def _table(scores: dict[str, float]) -> PageScores:
     total = sum(scores.values())
-    rows = [ModuleScore(n, int(n.split(".")[2]), n.rsplit(".", 1)[-1], v, v / total) for n, v in scores.items()]
+    rows = [ModuleScore(n, module_layer(n), n.rsplit(".", 1)[-1], v, v / total) for n, v in scores.items()]
     return PageScores("raw", sorted(rows, key=lambda r: (-r.score, r.layer, r.name)), 1)
 
 
@@ -37,6 +39,18 @@ def test_domlora_places_one_down_proj_like_the_paper():
     assert config == LoraConfig(r=8, alpha=16, target_modules=("down_proj",), layers_to_transform=(1,))
     model = tiny_model()
     assert inject_lora(model, config, 0) == ["model.layers.1.mlp.down_proj"]
+
+
+def test_domlora_names_one_module_where_the_suffix_is_shared_like_bert_dense():
+    from peft_probe.models.bert import BertConfig, BertModel
+    from peft_probe.models.classifier import SentenceClassifier
+
+    names = [f"encoder.encoder.layer.{i}.{m}" for i in (0, 1)
+             for m in ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense")]
+    table = _table(dict(zip(names, range(1, len(names) + 1))) | {"encoder.encoder.layer.1.output.dense": 99.0})
+    config = domlora_config(table, r=2)
+    model = SentenceClassifier(BertModel(BertConfig.tiny(), rngs=nnx.Rngs(0)), jnp.zeros((32, 3)))
+    assert inject_lora(model, config, 0) == ["encoder.encoder.layer.1.output.dense"]
 
 
 def _lora_widths(config: LlamaConfig) -> dict[str, int]:
